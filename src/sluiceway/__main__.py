@@ -1,0 +1,5 @@
+"""``python -m sluiceway`` runs the CLI."""
+
+from sluiceway.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,71 @@
+"""``echo``: streams the last user message back, word by word, with an optional delay per token.
+
+Deterministic and dependency-free: demos, front-end work and tests use it. The pieces join back
+to exactly the message (whitespace stays attached to the word it follows).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+
+from sluiceway.errors import error_from_code
+from sluiceway.events import Event, Finish, TextDelta, Usage
+from sluiceway.providers.base import ModelConfig, Provider
+from sluiceway.requests import ChatRequest
+
+_PIECE = re.compile(r"\s*\S+\s*|\s+")
+
+
+def split_words(text: str) -> list[str]:
+    """Split ``text`` into word-sized pieces whose concatenation is ``text``."""
+    return _PIECE.findall(text)
+
+
+class EchoProvider:
+    """Echo the newest user message; ``delay_ms`` waits before each piece."""
+
+    def __init__(
+        self, delay_ms: float = 0.0, fail_after: int | None = None, fail_code: str = "upstream_error"
+    ) -> None:
+        self.delay_ms = delay_ms
+        self.fail_after = fail_after
+        self.fail_code = fail_code
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
+        pieces = split_words(request.last_user_text)
+        input_tokens = sum(len(split_words(m.content)) for m in request.messages)
+        yield Usage(input_tokens, 0)
+        limit = request.max_tokens if request.max_tokens is not None else len(pieces)
+        delay = self.delay_ms / 1000
+        sent = 0
+        for piece in pieces[:limit]:
+            if self.fail_after is not None and sent >= self.fail_after:
+                raise error_from_code(self.fail_code, f"echo failed after {sent} tokens (as configured)")
+            if delay:
+                await asyncio.sleep(delay)
+            else:
+                await asyncio.sleep(0)
+            yield TextDelta(piece)
+            sent += 1
+        yield Usage(input_tokens, sent)
+        yield Finish("length" if sent < len(pieces) else "stop")
+
+    async def aclose(self) -> None:
+        return None
+
+
+def create(config: ModelConfig) -> Provider:
+    """Factory for ``provider = "echo"``.
+
+    Options: ``delay_ms`` per piece; ``fail_after`` N pieces then raise ``fail_code`` (to test how
+    clients see a mid-stream upstream failure).
+    """
+    opts = config.options
+    fail_after = opts.get("fail_after")
+    return EchoProvider(
+        float(opts.get("delay_ms", 0)),
+        None if fail_after is None else int(fail_after),
+        str(opts.get("fail_code", "upstream_error")),
+    )

@@ -1,0 +1,85 @@
+"""Provider-neutral chat requests, validated once at the edge.
+
+Every protocol route turns its body into a :class:`ChatRequest`; providers only ever see this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+from sluiceway.errors import InvalidRequestError
+
+Role: TypeAlias = Literal["system", "user", "assistant"]
+ROLES: frozenset[str] = frozenset({"system", "user", "assistant"})
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One turn of the conversation."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """What to generate: the conversation, which model, and the sampling limits."""
+
+    messages: tuple[Message, ...]
+    model: str
+    max_tokens: int | None = None
+    temperature: float | None = None
+    stop: tuple[str, ...] = field(default=())
+
+    @property
+    def last_user_text(self) -> str:
+        """The newest user message's text (empty if there is none)."""
+        for message in reversed(self.messages):
+            if message.role == "user":
+                return message.content
+        return ""
+
+
+def make_message(role: object, content: object, *, where: str = "messages") -> Message:
+    """Validate one message's role and content, naming the field that is wrong."""
+    if not isinstance(role, str) or role not in ROLES:
+        raise InvalidRequestError(f"{where}.role must be one of system, user, assistant; got {role!r}")
+    if not isinstance(content, str):
+        raise InvalidRequestError(f"{where}.content must be a string")
+    return Message(role, content)  # type: ignore[arg-type]
+
+
+def make_request(
+    messages: list[Message] | tuple[Message, ...],
+    model: str,
+    *,
+    max_tokens: object = None,
+    temperature: object = None,
+    stop: object = None,
+) -> ChatRequest:
+    """Build a :class:`ChatRequest`, checking the limits every protocol shares."""
+    if not messages:
+        raise InvalidRequestError("messages must not be empty")
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+    ):
+        raise InvalidRequestError("max_tokens must be a positive integer")
+    if temperature is not None and (
+        isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 <= temperature <= 2
+    ):
+        raise InvalidRequestError("temperature must be a number between 0 and 2")
+    stops: tuple[str, ...] = ()
+    if isinstance(stop, str):
+        stops = (stop,)
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
+        stops = tuple(stop)
+    elif stop is not None:
+        raise InvalidRequestError("stop must be a string or a list of strings")
+    return ChatRequest(
+        messages=tuple(messages),
+        model=model,
+        max_tokens=max_tokens,
+        temperature=None if temperature is None else float(temperature),
+        stop=stops,
+    )

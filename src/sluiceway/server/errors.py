@@ -1,0 +1,104 @@
+"""Errors before the first byte: a JSON body in the protocol's own shape, with the right status.
+
+Each protocol route names its shape; the exception handlers of the app use the shape of the
+route that failed. ``Retry-After`` goes with 429 and 503. No stack trace ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+from sluiceway.errors import ERROR_CLASSES, InternalError, InvalidRequestError, SluicewayError
+from sluiceway.events import ErrorEvent
+
+logger = logging.getLogger("sluiceway.server")
+
+ErrorShape = Callable[[ErrorEvent, int], dict[str, Any]]
+
+
+def seed_shape(error: ErrorEvent, status: int) -> dict[str, Any]:
+    """sluiceway's own error body: ``{"error": {"code", "message", ...}}``."""
+    body: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.retry_after is not None:
+        body["retry_after"] = error.retry_after
+    return {"error": body}
+
+
+class ErrorShapes:
+    """Which error shape answers for which path prefix (longest prefix wins; default: seed)."""
+
+    def __init__(self) -> None:
+        self._shapes: list[tuple[str, ErrorShape]] = []
+
+    def register(self, path_prefix: str, shape: ErrorShape) -> None:
+        """Routes under ``path_prefix`` answer errors in ``shape``."""
+        self._shapes.append((path_prefix, shape))
+        self._shapes.sort(key=lambda item: -len(item[0]))
+
+    def shape_for(self, path: str) -> ErrorShape:
+        """The error shape of the route serving ``path``."""
+        for prefix, shape in self._shapes:
+            if path.startswith(prefix):
+                return shape
+        return seed_shape
+
+
+def status_for(code: str) -> int:
+    """The HTTP status for a stable error code."""
+    cls = ERROR_CLASSES.get(code)
+    return cls.status if cls is not None else 500
+
+
+def error_response(error: ErrorEvent, request: Request, status: int | None = None) -> JSONResponse:
+    """A JSON error response in the shape of the route serving ``request``."""
+    status = status or status_for(error.code)
+    headers = {}
+    if status in (429, 503):
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after or 1)))
+    shapes: ErrorShapes = request.app.state.error_shapes
+    body = shapes.shape_for(request.url.path)(error, status)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Map every failure before the first byte to a clean JSON error."""
+
+    async def on_sluiceway(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, SluicewayError)
+        return error_response(exc.to_event(), request, exc.status)
+
+    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(InvalidRequestError(describe_validation(exc)).to_event(), request, 400)
+
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        code = "invalid_request" if exc.status_code < 500 else "internal"
+        event = ErrorEvent(code, str(exc.detail))
+        return error_response(event, request, exc.status_code)
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s", request.url.path)
+        return error_response(InternalError("internal server error").to_event(), request, 500)
+
+    app.add_exception_handler(SluicewayError, on_sluiceway)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+def describe_validation(exc: RequestValidationError) -> str:
+    """One line naming each bad field and what was wrong with it."""
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request body"

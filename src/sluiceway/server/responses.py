@@ -1,0 +1,61 @@
+"""A streaming ASGI response that always closes its body, even when the client goes away.
+
+Starlette's ``StreamingResponse`` abandons its iterator when the client disconnects, leaving the
+``finally`` blocks behind it (detaching the reader, cancelling upstream) to the garbage collector.
+Here one task sends the body while another listens for ``http.disconnect``; whichever ends first
+stops the other, and the body's ``aclose()`` runs in every case.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Mapping
+
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+
+class EventStreamResponse(Response):
+    """Send ``chunks`` one by one with ``status_code`` and ``headers``; close them when done or gone."""
+
+    def __init__(
+        self,
+        chunks: AsyncGenerator[bytes, None],
+        *,
+        media_type: str,
+        headers: Mapping[str, str] | None = None,
+        status_code: int = 200,
+    ) -> None:
+        self.chunks = chunks
+        self.status_code = status_code
+        self.media_type = media_type
+        self.background = None
+        self.init_headers(headers)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sender = asyncio.create_task(self._send_body(send))
+        listener = asyncio.create_task(_wait_disconnect(receive))
+        try:
+            await asyncio.wait({sender, listener}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sender, listener):
+                task.cancel()
+            await asyncio.gather(sender, listener, return_exceptions=True)
+            await self.chunks.aclose()
+
+    async def _send_body(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        try:
+            async for chunk in self.chunks:
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except OSError:
+            return
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            return

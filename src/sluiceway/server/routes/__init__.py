@@ -1,0 +1,1 @@
+"""One module per client protocol, each an ``APIRouter``."""

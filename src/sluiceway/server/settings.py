@@ -1,0 +1,181 @@
+"""Server settings from, in rising precedence: defaults, a TOML file, ``SLUICEWAY_*`` variables, CLI flags.
+
+The TOML file holds top-level settings and named models::
+
+    default_model = "local"
+    [models.fast]
+    provider = "openai"
+    model = "gpt-4o-mini"
+    base_url = "http://127.0.0.1:11434/v1"
+    api_key_env = "OPENAI_API_KEY"
+    fallbacks = ["local"]
+
+Two models always exist unless the file redefines them: ``local`` (the embedded SmolLM2, or
+``model_path``) and ``echo``. Any problem raises :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sluiceway.providers.base import ModelConfig
+from sluiceway.streams.hub import DisconnectPolicy
+
+DEFAULT_CONFIG = Path("sluiceway.toml")
+MODEL_KEYS = {"provider", "model", "base_url", "api_key_env", "fallbacks", "max_tokens_cap"}
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and the problem."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything one server needs to know, passed explicitly through ``create_app``."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    default_model: str = "local"
+    model_path: str | None = None
+    echo_delay_ms: float = 0.0
+    disconnect_policy: DisconnectPolicy = "cancel"
+    disconnect_grace_s: float = 5.0
+    retention_s: float = 600.0
+    heartbeat_s: float = 15.0
+    log_format: str = "text"
+    models: Mapping[str, ModelConfig] = field(default_factory=dict)
+
+    def model_names(self) -> list[str]:
+        """Configured model names, the default first."""
+        names = sorted(self.models)
+        if self.default_model in names:
+            names.remove(self.default_model)
+            names.insert(0, self.default_model)
+        return names
+
+
+SCALAR_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "models"}
+
+
+def load_settings(
+    config: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge defaults, the TOML file, environment and CLI overrides into validated settings."""
+    env = os.environ if env is None else env
+    path = Path(config) if config is not None else None
+    if path is None and env.get("SLUICEWAY_CONFIG"):
+        path = Path(env["SLUICEWAY_CONFIG"])
+    if path is None and DEFAULT_CONFIG.exists():
+        path = DEFAULT_CONFIG
+    raw: dict[str, Any] = _read_toml(path) if path is not None else {}
+    models_raw = raw.pop("models", {})
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        values[key] = _coerce(key, value, "config")
+    for key in SCALAR_FIELDS:
+        env_value = env.get(f"SLUICEWAY_{key.upper()}")
+        if env_value is not None:
+            values[key] = _coerce(key, env_value, f"SLUICEWAY_{key.upper()}")
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = _coerce(key, value, f"--{key.replace('_', '-')}")
+    values["models"] = _models(models_raw, values)
+    settings = Settings(**values)
+    _check_models(settings)
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _coerce(key: str, value: Any, where: str) -> Any:
+    f = SCALAR_FIELDS.get(key)
+    if f is None:
+        known = ", ".join(sorted([*SCALAR_FIELDS, "models"]))
+        raise ConfigError(f"{where}: unknown key {key!r} (known: {known})")
+    kind = str(f.type)
+    try:
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            number = float(value)
+            if number < 0:
+                raise ValueError("must not be negative")
+            return number
+        if kind == "DisconnectPolicy":
+            if value not in ("cancel", "finish"):
+                raise ValueError("must be 'cancel' or 'finish'")
+            return value
+        if key == "log_format" and value not in ("text", "json"):
+            raise ValueError("must be 'text' or 'json'")
+        if not isinstance(value, str):
+            raise ValueError("must be a string")
+        return value
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where} ({key}): invalid value {value!r}: {exc}") from None
+
+
+def _models(raw: Any, values: Mapping[str, Any]) -> dict[str, ModelConfig]:
+    if not isinstance(raw, dict):
+        raise ConfigError("models: must be a table of [models.NAME] tables")
+    models = {
+        "local": ModelConfig("local", "local", options={"model_path": values.get("model_path")}),
+        "echo": ModelConfig("echo", "echo", options={"delay_ms": values.get("echo_delay_ms", 0.0)}),
+    }
+    for name, table in raw.items():
+        models[name] = _model(name, table)
+    return models
+
+
+def _model(name: str, table: Any) -> ModelConfig:
+    where = f"models.{name}"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table")
+    provider = table.get("provider")
+    if not isinstance(provider, str) or not provider:
+        raise ConfigError(f"{where}.provider: required (e.g. 'openai', 'anthropic', 'local', 'echo')")
+    for key in ("model", "base_url", "api_key_env"):
+        if key in table and not isinstance(table[key], str):
+            raise ConfigError(f"{where}.{key}: must be a string")
+    fallbacks = table.get("fallbacks", [])
+    if not isinstance(fallbacks, list) or not all(isinstance(x, str) for x in fallbacks):
+        raise ConfigError(f"{where}.fallbacks: must be a list of model names")
+    cap = table.get("max_tokens_cap")
+    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+        raise ConfigError(f"{where}.max_tokens_cap: must be a positive integer")
+    options = {k: v for k, v in table.items() if k not in MODEL_KEYS}
+    return ModelConfig(
+        name=name,
+        provider=provider,
+        model=table.get("model"),
+        base_url=table.get("base_url"),
+        api_key_env=table.get("api_key_env"),
+        fallbacks=tuple(fallbacks),
+        max_tokens_cap=cap,
+        options=options,
+    )
+
+
+def _check_models(settings: Settings) -> None:
+    for name, model in settings.models.items():
+        for fallback in model.fallbacks:
+            if fallback not in settings.models:
+                raise ConfigError(f"models.{name}.fallbacks: unknown model {fallback!r}")
+    if settings.default_model not in settings.models:
+        raise ConfigError(f"default_model: unknown model {settings.default_model!r}")
