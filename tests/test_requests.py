@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import pytest
+
+from sluiceway.errors import InvalidRequestError
+from sluiceway.requests import Message, make_message, make_request
+
+USER = [Message("user", "hi")]
+
+
+def test_make_request_defaults() -> None:
+    req = make_request(USER, "echo")
+    assert req.messages == tuple(USER) and req.max_tokens is None and req.stop == ()
+    assert req.last_user_text == "hi"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": "5"}, "max_tokens"),
+        ({"max_tokens": True}, "max_tokens"),
+        ({"temperature": 3}, "temperature"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"stop": 5}, "stop"),
+    ],
+)
+def test_bad_limits_are_named(kwargs: dict[str, object], fragment: str) -> None:
+    with pytest.raises(InvalidRequestError, match=fragment):
+        make_request(USER, "echo", **kwargs)
+
+
+def test_empty_messages_rejected() -> None:
+    with pytest.raises(InvalidRequestError, match="empty"):
+        make_request([], "echo")
+
+
+@pytest.mark.parametrize(("role", "content"), [("robot", "x"), (None, "x"), ("user", 5)])
+def test_bad_message(role: object, content: object) -> None:
+    with pytest.raises(InvalidRequestError):
+        make_message(role, content)
+
+
+def test_stop_string_becomes_tuple() -> None:
+    assert make_request(USER, "echo", stop="x").stop == ("x",)
