@@ -1,0 +1,140 @@
+"""Turning vendor SDK failures into the :mod:`sluiceway.errors` tree, without leaking credentials.
+
+Each SDK-backed provider catches its SDK's errors at one place and hands the plain facts (HTTP
+status, response headers, response body) to the builders here, so the mapping is the same for every
+vendor::
+
+    429                         RateLimitedError          retry_after from retry-after-ms / retry-after
+    401, 403                    UpstreamAuthError
+    other 4xx, 5xx              UpstreamError             (retry_after kept when the upstream sent one)
+    an error event mid-stream   UpstreamError
+    connect failure             UpstreamUnavailableError
+    timeout                     UpstreamTimeoutError
+    unparsable stream data      UpstreamError
+
+Messages are written here from the status and the upstream's own ``error.message``; the SDKs'
+exception texts are never reused (they may carry request details). Every message passes through
+:func:`redact`, which removes the API key and anything shaped like a vendor key, because upstreams
+do echo keys back ("Incorrect API key provided: sk-...").
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import re
+import time
+from collections.abc import Mapping
+
+import httpx2
+
+from sluiceway.errors import (
+    RateLimitedError,
+    SluicewayError,
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+
+REDACTED = "[redacted]"
+_MAX_UPSTREAM_MESSAGE = 300
+_KEY_SHAPED = re.compile(r"\bsk-[A-Za-z0-9_\-*.]{6,}")
+
+TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx2.TransportError, json.JSONDecodeError)
+"""Errors that can escape an SDK's stream iterator unwrapped (raw transport failures, bad JSON)."""
+
+
+def redact(text: str, secret: str | None) -> str:
+    """``text`` without ``secret`` and without anything that looks like an API key."""
+    if secret:
+        text = text.replace(secret, REDACTED)
+    return _KEY_SHAPED.sub(REDACTED, text)
+
+
+def upstream_message(body: object) -> str | None:
+    """The human message inside an upstream error body, whichever common shape it has.
+
+    Handles ``{"error": {"message": ...}}`` (OpenAI, Anthropic), ``{"error": "..."}`` (Ollama),
+    ``{"message": ...}`` and plain text.
+    """
+    inner = body.get("error", body) if isinstance(body, Mapping) else body
+    if isinstance(inner, Mapping):
+        inner = inner.get("message")
+    if isinstance(inner, str) and inner.strip():
+        return " ".join(inner.split())[:_MAX_UPSTREAM_MESSAGE]
+    return None
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait, from ``retry-after-ms`` or ``retry-after`` (seconds or an HTTP date)."""
+    millis = _number(headers.get("retry-after-ms"))
+    if millis is not None:
+        return millis / 1000
+    value = headers.get("retry-after")
+    seconds = _number(value)
+    if seconds is not None or value is None:
+        return seconds
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def from_status(
+    status: int, headers: Mapping[str, str], body: object, *, model: str, secret: str | None
+) -> SluicewayError:
+    """The error for an upstream that answered with an HTTP error status."""
+    detail = upstream_message(body)
+    message = f"model {model!r}: upstream answered HTTP {status}" + (f": {detail}" if detail else "")
+    message = redact(message, secret)
+    retry_after = retry_after_seconds(headers)
+    if status == 429:
+        return RateLimitedError(message, retry_after=retry_after)
+    if status in (401, 403):
+        return UpstreamAuthError(message)
+    return UpstreamError(message, retry_after=retry_after)
+
+
+def from_stream_error(body: object, *, model: str, secret: str | None) -> UpstreamError:
+    """The error for an error event the upstream sent after the stream began."""
+    detail = upstream_message(body) or "no details"
+    return UpstreamError(redact(f"model {model!r}: upstream failed mid-stream: {detail}", secret))
+
+
+def timed_out(model: str) -> UpstreamTimeoutError:
+    """The error for an upstream that did not answer in time."""
+    return UpstreamTimeoutError(f"model {model!r}: upstream timed out")
+
+
+def unreachable(model: str) -> UpstreamUnavailableError:
+    """The error for an upstream that could not be reached or dropped the connection."""
+    return UpstreamUnavailableError(f"model {model!r}: could not connect to the upstream")
+
+
+def from_transport(exc: Exception, *, model: str) -> SluicewayError:
+    """The error for one of :data:`TRANSPORT_ERRORS`."""
+    if isinstance(exc, httpx2.TimeoutException):
+        return timed_out(model)
+    if isinstance(exc, httpx2.TransportError):
+        return unreachable(model)
+    return UpstreamError(f"model {model!r}: upstream sent data that is not valid JSON")
+
+
+def missing_key(model: str, env: str) -> UpstreamAuthError:
+    """The error for a model whose API key variable is not set."""
+    return UpstreamAuthError(
+        f"model {model!r}: the environment variable {env} holding its API key is not set"
+    )

@@ -1,0 +1,227 @@
+"""The ``openai`` provider, through the real SDK, against the local wire-exact OpenAI upstream."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+import pytest
+
+from sluiceway.errors import (
+    RateLimitedError,
+    SluicewayError,
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from sluiceway.events import Event, Finish, TextDelta, Usage
+from sluiceway.providers.base import ModelConfig, Provider
+from sluiceway.providers.openai import KEYLESS_PLACEHOLDER, create
+from sluiceway.requests import ChatRequest, Message, make_request
+from sluiceway.testing import OpenAIUpstream, Script, UpstreamLog
+from tests.providers.conftest import API_KEY, KEY_ENV, Served
+
+
+def config(url: str, **options: Any) -> ModelConfig:
+    return ModelConfig(
+        "gpt", "openai", model="mock-model", base_url=f"{url}/v1", api_key_env=KEY_ENV, options=options
+    )
+
+
+@pytest.fixture
+async def provider(openai_served: Served[OpenAIUpstream]) -> AsyncIterator[Provider]:
+    provider = create(config(openai_served.url))
+    yield provider
+    await provider.aclose()
+
+
+def ask(text: str = "hello there world", **limits: Any) -> ChatRequest:
+    return make_request([Message("system", "be brief"), Message("user", text)], "gpt", **limits)
+
+
+async def collect(provider: Provider, request: ChatRequest | None = None) -> list[Event]:
+    return [event async for event in provider.stream(request or ask())]
+
+
+async def failure(provider: Provider, request: ChatRequest | None = None) -> SluicewayError:
+    with pytest.raises(SluicewayError) as info:
+        await collect(provider, request)
+    return info.value
+
+
+async def test_streams_exact_text_then_usage_then_finish(
+    provider: Provider, openai_upstream: OpenAIUpstream
+) -> None:
+    assert await collect(provider) == [
+        TextDelta("hello "),
+        TextDelta("there "),
+        TextDelta("world"),
+        Usage(input_tokens=5, output_tokens=3),
+        Finish("stop"),
+    ]
+
+
+async def test_sends_model_messages_limits_and_key(
+    provider: Provider, openai_upstream: OpenAIUpstream
+) -> None:
+    await collect(provider, ask("a b c", max_tokens=7, temperature=0.5, stop=["END"]))
+    [seen] = openai_upstream.log.requests
+    assert seen.path == "/v1/chat/completions"
+    assert seen.headers["authorization"] == f"Bearer {API_KEY}"
+    assert seen.body == {
+        "model": "mock-model",
+        "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "a b c"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": 7,
+        "temperature": 0.5,
+        "stop": ["END"],
+    }
+
+
+async def test_max_tokens_cut_finishes_with_length(
+    provider: Provider, openai_upstream: OpenAIUpstream
+) -> None:
+    events = await collect(provider, ask("one two three four", max_tokens=2))
+    assert events == [TextDelta("one "), TextDelta("two "), Usage(6, 2), Finish("length")]
+
+
+@pytest.mark.parametrize("upstream_reason", ["content_filter", "tool_calls"])
+async def test_other_finish_reasons_map_to_stop(
+    provider: Provider, openai_upstream: OpenAIUpstream, upstream_reason: str
+) -> None:
+    openai_upstream.script = Script(finish_reason=upstream_reason)
+    assert (await collect(provider))[-1] == Finish("stop")
+
+
+async def test_servers_without_stream_options_just_lose_usage(
+    openai_served: Served[OpenAIUpstream], openai_upstream: OpenAIUpstream
+) -> None:
+    provider = create(config(openai_served.url, stream_usage=False))
+    events = await collect(provider)
+    await provider.aclose()
+    assert "stream_options" not in openai_upstream.log.requests[0].body
+    assert not any(isinstance(e, Usage) for e in events)
+    assert events[-1] == Finish("stop")
+
+
+async def test_keyless_local_servers_get_a_placeholder(
+    openai_served: Served[OpenAIUpstream], openai_upstream: OpenAIUpstream
+) -> None:
+    provider = create(ModelConfig("local", "openai", model="m", base_url=f"{openai_served.url}/v1"))
+    await collect(provider)
+    await provider.aclose()
+    assert openai_upstream.log.requests[0].api_key == KEYLESS_PLACEHOLDER
+
+
+async def test_unset_key_variable_fails_before_calling_upstream(
+    openai_served: Served[OpenAIUpstream], openai_upstream: OpenAIUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(KEY_ENV)
+    provider = create(config(openai_served.url))
+    error = await failure(provider)
+    await provider.aclose()
+    assert isinstance(error, UpstreamAuthError)
+    assert KEY_ENV in error.message
+    assert openai_upstream.log.requests == []
+
+
+@pytest.mark.parametrize(
+    ("script", "kind", "retry_after"),
+    [
+        (Script(fail_status=429, retry_after="7"), RateLimitedError, 7.0),
+        (Script(fail_status=429, retry_after_ms="1500", retry_after="2"), RateLimitedError, 1.5),
+        (Script(fail_status=429, retry_after="Wed, 21 Oct 2015 07:28:00 GMT"), RateLimitedError, 0.0),
+        (Script(fail_status=429), RateLimitedError, None),
+        (Script(fail_status=401), UpstreamAuthError, None),
+        (Script(fail_status=403), UpstreamAuthError, None),
+        (Script(fail_status=400), UpstreamError, None),
+        (Script(fail_status=500), UpstreamError, None),
+        (Script(fail_status=503, retry_after="3"), UpstreamError, 3.0),
+    ],
+)
+async def test_http_errors_map_to_the_error_tree(
+    provider: Provider, openai_upstream: OpenAIUpstream, script: Script, kind: type, retry_after: float | None
+) -> None:
+    openai_upstream.script = script
+    error = await failure(provider)
+    assert type(error) is kind
+    assert error.retry_after == retry_after
+    assert f"HTTP {script.fail_status}" in error.message
+    assert isinstance(error.__cause__, openai.APIStatusError)
+    assert API_KEY not in str(error)
+
+
+async def test_an_echoed_key_is_redacted(provider: Provider, openai_upstream: OpenAIUpstream) -> None:
+    openai_upstream.script = Script(fail_status=401)  # the upstream's message quotes the key in full
+    error = await failure(provider)
+    assert error.message == "model 'gpt': upstream answered HTTP 401: Incorrect API key provided: [redacted]."
+
+
+async def test_connection_refused_is_upstream_unavailable(refused_url: str) -> None:
+    provider = create(config(refused_url))
+    error = await failure(provider)
+    await provider.aclose()
+    assert isinstance(error, UpstreamUnavailableError)
+    assert refused_url not in error.message
+
+
+@pytest.mark.parametrize("hang", ["before_headers", "before_first_token"])
+async def test_a_silent_upstream_times_out(
+    openai_served: Served[OpenAIUpstream], openai_upstream: OpenAIUpstream, hang: Any
+) -> None:
+    openai_upstream.script = Script(hang=hang)
+    provider = create(config(openai_served.url, timeout_s=0.3))
+    error = await failure(provider)
+    await provider.aclose()
+    assert isinstance(error, UpstreamTimeoutError)
+
+
+async def test_error_event_mid_stream_raises_upstream_error_after_the_text(
+    provider: Provider, openai_upstream: OpenAIUpstream
+) -> None:
+    openai_upstream.script = Script(fail_after=2, fail_message=f"model crashed (key {API_KEY})")
+    events: list[Event] = []
+    with pytest.raises(UpstreamError) as info:
+        async for event in provider.stream(ask()):
+            events.append(event)
+    assert events == [TextDelta("hello "), TextDelta("there ")]
+    assert info.value.message == "model 'gpt': upstream failed mid-stream: model crashed (key [redacted])"
+
+
+async def disconnected(log: UpstreamLog) -> bool:
+    return await log.await_for(lambda log: len(log.disconnects) == 1 and log.active == 0)
+
+
+async def test_closing_the_stream_disconnects_the_upstream(
+    provider: Provider, openai_upstream: OpenAIUpstream
+) -> None:
+    openai_upstream.script = Script(tokens=1000, delay_ms=20)
+    events = provider.stream(ask())
+    assert await anext(events) == TextDelta("hello ")
+    assert await anext(events) == TextDelta("there ")
+    await events.aclose()  # type: ignore[attr-defined]
+    assert await disconnected(openai_upstream.log)
+    assert openai_upstream.log.disconnects[0].tokens_sent < 100
+    assert openai_upstream.log.completed == 0
+
+
+async def test_cancelling_the_consumer_disconnects_the_upstream(
+    provider: Provider, openai_upstream: OpenAIUpstream
+) -> None:
+    openai_upstream.script = Script(tokens=1000, delay_ms=20)
+    first = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in provider.stream(ask()):
+            first.set()
+
+    task = asyncio.create_task(consume())
+    await asyncio.wait_for(first.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await disconnected(openai_upstream.log)
