@@ -4,7 +4,23 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.conversations.postgres import PostgresServer, postgres_server
 from tests.live import LiveServer, live_server, make_settings
+from tests.streams.redis_server import RedisServer, redis_server
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the run (skipped when not installed, failed under CI=true)."""
+    with postgres_server() as pg:
+        yield pg
+
+
+@pytest.fixture(scope="session")
+def redis_srv() -> Iterator[RedisServer]:
+    """One real redis-server for the run (skipped when not installed, failed under CI=true)."""
+    with redis_server() as server:
+        yield server
 
 
 @pytest.fixture

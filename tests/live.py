@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ from fastapi import FastAPI
 from sluiceway.server.app import create_app
 from sluiceway.server.settings import Settings, load_settings
 from sluiceway.server.state import AppState
+
+_TEST_DATA_DIR = tempfile.TemporaryDirectory(prefix="sluiceway-tests-")  # removed when the run ends
 
 
 def free_port() -> int:
@@ -50,8 +53,10 @@ class LiveServer:
 
 
 def make_settings(**overrides: Any) -> Settings:
-    """Settings for tests: echo as the default model, no config file from the cwd."""
+    """Settings for tests: echo as the default model, no config file from the cwd, conversations in a
+    temporary directory of this test run (never the user's data dir) unless ``data_dir`` is given."""
     overrides.setdefault("default_model", "echo")
+    overrides.setdefault("data_dir", _TEST_DATA_DIR.name)
     models = overrides.pop("models", None)
     settings = load_settings(None, env={}, overrides=overrides)
     if models:

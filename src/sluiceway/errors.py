@@ -4,7 +4,10 @@ The tree::
 
     SluicewayError (code "internal", HTTP 500)
     ├── InvalidRequestError        invalid_request        400
+    ├── AuthenticationError        unauthorized           401
+    ├── PermissionDeniedError      forbidden              403
     ├── UnknownModelError          unknown_model          404
+    ├── RequestTooLargeError       request_too_large      413
     ├── RateLimitedError           rate_limited           429  (retry_after)
     ├── UpstreamAuthError          upstream_auth          502
     ├── UpstreamUnavailableError   upstream_unavailable   503  (retryable)
@@ -49,11 +52,32 @@ class InvalidRequestError(SluicewayError):
     status = 400
 
 
+class AuthenticationError(SluicewayError):
+    """The request carries no API key, or one this server does not know."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class PermissionDeniedError(SluicewayError):
+    """The API key is valid but may not do this (e.g. use this model)."""
+
+    code = "forbidden"
+    status = 403
+
+
 class UnknownModelError(SluicewayError):
     """The request names a model this server does not serve."""
 
     code = "unknown_model"
     status = 404
+
+
+class RequestTooLargeError(SluicewayError):
+    """The request body is larger than the server accepts."""
+
+    code = "request_too_large"
+    status = 413
 
 
 class RateLimitedError(SluicewayError):
@@ -121,7 +145,10 @@ ERROR_CLASSES: dict[str, type[SluicewayError]] = {
     cls.code: cls
     for cls in (
         InvalidRequestError,
+        AuthenticationError,
+        PermissionDeniedError,
         UnknownModelError,
+        RequestTooLargeError,
         RateLimitedError,
         UpstreamAuthError,
         UpstreamUnavailableError,

@@ -5,6 +5,7 @@ Every protocol route turns its body into a :class:`ChatRequest`; providers only 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
 
@@ -48,6 +49,21 @@ def make_message(role: object, content: object, *, where: str = "messages") -> M
     if not isinstance(content, str):
         raise InvalidRequestError(f"{where}.content must be a string")
     return Message(role, content)  # type: ignore[arg-type]
+
+
+def check_fields(body: Mapping[str, object], known: frozenset[str], *, where: str = "") -> None:
+    """Refuse fields a protocol does not define, naming them (the real APIs reject them too)."""
+    unknown = [key for key in body if key not in known]
+    if unknown:
+        names = ", ".join(repr(f"{where}.{key}" if where else key)[:80] for key in unknown[:5])
+        raise InvalidRequestError(f"unknown field(s): {names}")
+
+
+def positive_int(value: object, name: str) -> int | None:
+    """``value`` if it is ``None`` or a positive integer; otherwise a 400 naming ``name``."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise InvalidRequestError(f"{name}: must be a positive integer")
 
 
 def make_request(

@@ -51,14 +51,16 @@ async def test_fail_after() -> None:
 async def test_delay_is_cancellable() -> None:
     provider = EchoProvider(delay_ms=50)
     seen: list[Event] = []
+    first_text = asyncio.Event()
 
     async def run() -> None:
         async for event in provider.stream(make_request([Message("user", "a b c d e f")], "echo")):
             seen.append(event)
+            if isinstance(event, TextDelta):
+                first_text.set()
 
     task = asyncio.create_task(run())
-    while not any(isinstance(e, TextDelta) for e in seen):
-        await asyncio.sleep(0.005)
+    await asyncio.wait_for(first_text.wait(), 5)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

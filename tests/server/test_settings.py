@@ -30,7 +30,8 @@ def test_toml_env_and_flags_in_order(tmp_path: Path) -> None:
     settings = load_settings(path, env={"SLUICEWAY_PORT": "9100"}, overrides={"echo_delay_ms": 5})
     assert settings.port == 9100
     fast = settings.models["fast"]
-    assert (fast.provider, fast.model, fast.api_key_env, fast.fallbacks) == ("openai", "gpt-x", "K", ("echo",))
+    got = (fast.provider, fast.model, fast.api_key_env, fast.fallbacks)
+    assert got == ("openai", "gpt-x", "K", ("echo",))
     assert settings.models["echo"].options["delay_ms"] == 5
     assert settings.model_names()[0] == "fast"
 

@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from sluiceway.cli import serve
+from sluiceway.cli import bench, chat, doctor, serve
 
-COMMANDS: tuple[ModuleType, ...] = (serve,)
+COMMANDS: tuple[ModuleType, ...] = (serve, chat, bench, doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Any
 
+from sluiceway.server.auth import bind_refusal
+from sluiceway.server.logs import install_redaction, upstream_secrets
 from sluiceway.server.settings import ConfigError, Settings, load_settings
+from sluiceway.streams.shutdown import ShutdownSignal
 
 
 def add_parser(sub: Any) -> None:
@@ -32,7 +34,29 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--disconnect-grace-s", type=float, help="grace before cancelling (default 5)")
     p.add_argument("--heartbeat-s", type=float, help="seconds between keep-alive pings (default 15)")
     p.add_argument("--log-format", choices=["text", "json"], help="log line format (default text)")
+    p.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback --host without API keys (only behind something that checks callers)",
+    )
+    p.add_argument("--data-dir", help="where conversations are kept (SQLite; default: the user's data dir)")
+    p.add_argument("--database-url", help="postgresql://USER:PASS@HOST/DB: keep conversations there instead")
+    add_stream_flags(p)
     p.set_defaults(run=run)
+
+
+def add_stream_flags(p: argparse.ArgumentParser) -> None:
+    """The stream lifecycle's flags (docs/streams.md)."""
+    p.add_argument("--redis-url", help="redis://HOST:PORT/DB: keep stream logs in Redis, shared by instances")
+    p.add_argument("--retention-s", type=float, help="how long finished streams stay resumable (default 600)")
+    p.add_argument("--ttft-timeout-s", type=float, help="time to first token before upstream_timeout (60)")
+    p.add_argument("--idle-timeout-s", type=float, help="longest pause between tokens (default 30)")
+    p.add_argument("--total-timeout-s", type=float, help="longest answer in seconds (default 600)")
+    p.add_argument("--max-concurrent", type=int, help="running generations per process (default 0: no limit)")
+    p.add_argument("--max-concurrent-per-model", type=int, help="running generations per model (0: no limit)")
+    p.add_argument("--max-stream-bytes", type=int, help="bound of one stream's log (default 8 MiB)")
+    p.add_argument("--shutdown-grace-s", type=float, help="on SIGTERM, let generations finish this long (30)")
 
 
 OVERRIDES = (
@@ -45,6 +69,18 @@ OVERRIDES = (
     "disconnect_grace_s",
     "heartbeat_s",
     "log_format",
+    "insecure_no_auth",
+    "data_dir",
+    "database_url",
+    "redis_url",
+    "retention_s",
+    "ttft_timeout_s",
+    "idle_timeout_s",
+    "total_timeout_s",
+    "max_concurrent",
+    "max_concurrent_per_model",
+    "max_stream_bytes",
+    "shutdown_grace_s",
 )
 
 
@@ -60,14 +96,20 @@ def run(args: argparse.Namespace) -> int:
 
     from sluiceway.server.app import create_app
     from sluiceway.server.models import ModelSet
+    from sluiceway.server.request_log import configure_logging, uvicorn_log_options
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         settings = settings_from_args(args)
     except ConfigError as exc:
         print(f"sluiceway: configuration error: {exc}", file=sys.stderr)
         return 2
-    app = create_app(settings)
+    refusal = bind_refusal(settings.host, settings.api_keys, settings.insecure_no_auth)
+    if refusal is not None:
+        print(f"sluiceway: {refusal}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format)
+    shutdown = ShutdownSignal()
+    app = create_app(settings, shutdown=shutdown)
     models: ModelSet = app.state.models
     print(f"sluiceway: loading models ({', '.join(settings.model_names())}) ...", flush=True)
     models.load()
@@ -76,6 +118,29 @@ def run(args: argparse.Namespace) -> int:
     ready = ", ".join(sorted(models.providers))
     print(f"sluiceway: ready models: {ready} (default: {models.default})", flush=True)
     print(f"sluiceway: listening on http://{settings.host}:{settings.port}", flush=True)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info")
-    uvicorn.Server(config).run()
+    ping = settings.heartbeat_s or None  # WebSocket pings at the heartbeat's pace
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="info",
+        ws_ping_interval=ping,
+        ws_max_size=settings.max_body_bytes,
+        **uvicorn_log_options(settings.log_format),
+    )
+    install_redaction(upstream_secrets(settings))  # after uvicorn.Config has set up its log handlers
+    draining_server(config, shutdown).run()
     return 0
+
+
+def draining_server(config: Any, shutdown: ShutdownSignal) -> Any:
+    """A uvicorn server that triggers ``shutdown`` on SIGTERM/SIGINT, before it waits for connections
+    (the app then drains its streams: see ``StreamHub.drain``)."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            shutdown.trigger()
+            super().handle_exit(sig, frame)
+
+    return DrainingServer(config)

@@ -1,11 +1,15 @@
 """``openai``: any OpenAI-compatible Chat Completions server, through the official ``openai`` SDK.
 
 How it works: one ``AsyncOpenAI`` client per configured model (retries off: the relay decides about
-retries and fallbacks). ``stream`` opens ``chat.completions.create(stream=True)`` inside
-``async with``, so when the relay cancels the task or closes the generator, the SDK closes the HTTP
-response and the upstream sees the disconnect and stops generating. The finish chunk comes before
-the usage chunk, so both are held and emitted after the last delta. SDK failures are translated once,
-in :meth:`OpenAIProvider.stream`, by :mod:`sluiceway.providers._sdk_errors`.
+retries and fallbacks). ``stream`` opens ``chat.completions.with_streaming_response.create(stream=True)``
+inside ``async with``, so when the relay cancels the task or closes the generator, the SDK closes the
+HTTP response and the upstream sees the disconnect and stops generating. The SDK builds the request
+and raises the HTTP errors; the chunks themselves are read as raw SSE bytes (sans-IO
+:class:`~sluiceway.wire.sse.SSEDecoder`, then ``json.loads``), because building the SDK's pydantic
+``ChatCompletionChunk`` for every token cost about 80% of the relay's CPU (docs/benchmarks.md).
+The finish chunk comes before the usage chunk, so both are held and emitted after the last delta.
+SDK failures are translated once, in :meth:`OpenAIProvider.stream`, by
+:mod:`sluiceway.providers._sdk_errors`.
 
 Options (``[models.NAME.options]``): ``timeout_s`` for the HTTP client; ``stream_usage = false`` for
 compatible servers that reject ``stream_options`` (usage is then simply not reported).
@@ -13,10 +17,14 @@ compatible servers that reject ``stream_options`` (usage is then simply not repo
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
 import openai
+from openai import AsyncStream
+from openai._response import AsyncAPIResponse, AsyncResponseContextManager
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from sluiceway.errors import SluicewayError, UpstreamError
@@ -24,12 +32,14 @@ from sluiceway.events import Event, Finish, FinishReason, TextDelta, Usage
 from sluiceway.providers import _sdk_errors
 from sluiceway.providers.base import ModelConfig, Provider
 from sluiceway.requests import ChatRequest, Message
+from sluiceway.wire.sse import SSEDecoder
 
 KEYLESS_PLACEHOLDER = "sk-no-key-required"
 """Sent when a model has no ``api_key_env`` (Ollama, vLLM and llama.cpp servers ignore it)."""
 
 _SDK_ERRORS: tuple[type[Exception], ...] = (openai.APIError, *_sdk_errors.TRANSPORT_ERRORS)
 _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
+_Response = AsyncAPIResponse[AsyncStream[ChatCompletionChunk]]
 
 
 class OpenAIProvider:
@@ -64,15 +74,16 @@ class OpenAIProvider:
         finish_reason: str | None = None
         usage: Usage | None = None
         try:
-            chunks = await self._open(request)
-            async with chunks:
-                async for chunk in chunks:
-                    if chunk.usage is not None:
-                        usage = Usage(chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
-                    for choice in chunk.choices:
-                        if choice.delta.content:
-                            yield TextDelta(choice.delta.content)
-                        finish_reason = choice.finish_reason or finish_reason
+            async with self._open(request) as response:
+                async for chunk in self._chunks(response):
+                    counts = chunk.get("usage")
+                    if counts:
+                        usage = Usage(counts.get("prompt_tokens") or 0, counts.get("completion_tokens") or 0)
+                    for choice in chunk.get("choices") or ():
+                        content = (choice.get("delta") or {}).get("content")
+                        if content:
+                            yield TextDelta(content)
+                        finish_reason = choice.get("finish_reason") or finish_reason
         except _SDK_ERRORS as exc:
             raise self._translate(exc) from exc
         if finish_reason is None:
@@ -81,8 +92,25 @@ class OpenAIProvider:
             yield usage
         yield Finish(_FINISH.get(finish_reason, "stop"))
 
-    async def _open(self, request: ChatRequest) -> openai.AsyncStream[ChatCompletionChunk]:
-        return await self._client.chat.completions.create(
+    async def _chunks(self, response: _Response) -> AsyncIterator[dict[str, Any]]:
+        """The stream's JSON chunks up to ``[DONE]`` (the rest is read, so the connection is reused)."""
+        decoder = SSEDecoder()
+        done = False
+        async for raw in response.iter_bytes():
+            if done:
+                continue
+            for event in decoder.feed(raw):
+                if event.data.startswith("[DONE]"):
+                    done = True
+                    break
+                chunk = json.loads(event.data)
+                if isinstance(chunk, dict) and chunk.get("error"):
+                    raise _sdk_errors.from_stream_error(chunk["error"], model=self.name, secret=self._api_key)
+                if isinstance(chunk, dict):
+                    yield chunk
+
+    def _open(self, request: ChatRequest) -> AsyncResponseContextManager[_Response]:
+        return self._client.chat.completions.with_streaming_response.create(
             model=self.model,
             messages=[_message(m) for m in request.messages],
             stream=True,

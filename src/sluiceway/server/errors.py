@@ -82,7 +82,11 @@ def install_handlers(app: FastAPI) -> None:
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         code = "invalid_request" if exc.status_code < 500 else "internal"
-        event = ErrorEvent(code, str(exc.detail))
+        detail = str(exc.detail)
+        cause = exc.__cause__
+        if isinstance(cause, UnicodeDecodeError):  # FastAPI's "error parsing the body"
+            detail = f"the request body must be UTF-8 JSON: {cause.reason} at byte {cause.start}"
+        event = ErrorEvent(code, detail)
         return error_response(event, request, exc.status_code)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -3,33 +3,86 @@
 How the first byte is chosen: the route starts the generation and reads the log until the first
 decisive event (text, an error, or the end) or until ``heartbeat_s`` passes. An error that comes
 before any text is still a proper HTTP error (JSON, 4xx/5xx, ``Retry-After``) because no byte has
-been sent; after that, errors travel in-band in the protocol's own shape.
+been sent; after that, errors travel in-band in the protocol's own shape. A resume (``after > 0``)
+never turns into an HTTP error: the client already holds part of the answer. A resume with nothing
+left to send answers 204, which also tells a browser's ``EventSource`` to stop reconnecting.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
+from dataclasses import replace
 
 from fastapi import Request
 from starlette.responses import Response
 
+from sluiceway.errors import InvalidRequestError
 from sluiceway.events import ErrorEvent, Event, TextDelta, Usage
 from sluiceway.requests import ChatRequest
+from sluiceway.server.auth import current_key
 from sluiceway.server.errors import error_response
+from sluiceway.server.limits import admit
 from sluiceway.server.responses import EventStreamResponse
+from sluiceway.server.settings import Settings
 from sluiceway.server.state import AppState
-from sluiceway.streams.hub import DisconnectPolicy, Stream
+from sluiceway.streams.backend import StreamBackend
+from sluiceway.streams.generation import Candidate, RetryPolicy, Timeouts
+from sluiceway.streams.hub import DisconnectPolicy, HubSettings, Stream, StreamHub
 from sluiceway.streams.log import Batch
+from sluiceway.streams.shutdown import ShutdownSignal
 from sluiceway.wire.base import Encoder
 
 EncoderFactory = Callable[[Stream], Encoder]
 
 
-def start_stream(state: AppState, request: ChatRequest, policy: DisconnectPolicy | None = None) -> Stream:
-    """Resolve the model and start generating (raises before any byte if the model is unknown)."""
-    _, provider = state.models.resolve(request.model)
-    return state.hub.start(provider, request, policy=policy)
+def start_stream(
+    state: AppState,
+    request: ChatRequest,
+    policy: DisconnectPolicy | None = None,
+    *,
+    grace_s: float | None = None,
+    key: str | None = None,
+    protocol: str = "",
+) -> Stream:
+    """Resolve the model and start generating; raises before any byte if the model is unknown,
+    the server is at its limits (``overloaded``) or shutting down (``shutting_down``).
+
+    The model's configured ``fallbacks`` (those loaded here) go along, tried in order if the model
+    fails before its first token. ``key`` names the stream for ``hub.find`` (AI SDK: the chat id).
+    ``protocol`` (the route's: ``openai``, ``seed`` …) labels the generation's metrics.
+
+    Also raises when the request breaks an input limit, or the caller's API key may not use the
+    model or has reached a quota (``forbidden``, ``rate_limited``): see :mod:`sluiceway.server.limits`.
+    """
+    config, provider = state.models.resolve(request.model)
+    request, lease = admit(state.settings, state.limits, current_key(), config, request)
+    try:
+        stream = state.hub.start(
+            provider,
+            request,
+            policy=policy,
+            grace_s=grace_s,
+            key=key,
+            fallbacks=_fallbacks(state, request, config.fallbacks),
+            protocol=protocol,
+        )
+    except BaseException:
+        lease.cancel()
+        raise
+    lease.hold(stream)
+    return stream
+
+
+def _fallbacks(state: AppState, request: ChatRequest, names: tuple[str, ...]) -> list[Candidate]:
+    chain: list[Candidate] = []
+    for name in names:
+        if name == request.model or name not in state.models.providers:
+            continue
+        config, provider = state.models.resolve(name)
+        max_tokens = state.models.cap_max_tokens(config, request.max_tokens)
+        chain.append((replace(request, model=name, max_tokens=max_tokens), provider))
+    return chain
 
 
 async def stream_response(
@@ -42,21 +95,72 @@ async def stream_response(
     headers: dict[str, str] | None = None,
 ) -> Response:
     """Answer with ``stream`` read after ``after`` in the encoder's protocol."""
-    reader = stream.read(after, idle=state.settings.heartbeat_s)
+    reader = stream.read(after, idle=state.settings.heartbeat_s or None)
     head: list[Batch | None] = []
-    async for batch in reader:
-        head.append(batch)
-        if batch is None or any(not _is_preamble(ev) for _, ev in batch):
-            break
-    error = _early_error(head) if after == 0 else None
-    if error is not None:
+    try:
+        async for batch in reader:
+            head.append(batch)
+            if batch is None or any(not _is_preamble(ev) for _, ev in batch):
+                break
+    except BaseException:
         await reader.aclose()
-        return error_response(error, http)
+        raise
+    error = _early_error(head) if after == 0 else None
+    if error is not None or not head:
+        await reader.aclose()
+        response = error_response(error, http) if error is not None else Response(status_code=204)
+        response.headers["X-Stream-Id"] = stream.stream_id
+        return response
     encoder = make_encoder(stream)
     all_headers = {**encoder.headers, "X-Stream-Id": stream.stream_id, **(headers or {})}
     return EventStreamResponse(
         _body(encoder, head, reader), media_type=encoder.media_type, headers=all_headers
     )
+
+
+def parse_event_id(value: str, stream_id: str | None = None) -> tuple[str, int]:
+    """Split a ``Last-Event-ID`` of the form ``<stream>:<seq>``; raise ``InvalidRequestError``.
+
+    With ``stream_id`` given, the id must belong to that stream.
+    """
+    sid, sep, seq = value.strip().rpartition(":")
+    if not sep or not sid or not seq.isascii() or not seq.isdigit():
+        raise InvalidRequestError(f"Last-Event-ID must look like '<stream>:<seq>'; got {value!r}")
+    if stream_id is not None and sid != stream_id:
+        raise InvalidRequestError(f"Last-Event-ID {value!r} belongs to another stream than {stream_id!r}")
+    return sid, int(seq)
+
+
+def hub_settings(settings: Settings) -> HubSettings:
+    """The lifecycle part of the server settings."""
+    return HubSettings(
+        disconnect_policy=settings.disconnect_policy,
+        grace_s=settings.disconnect_grace_s,
+        retention_s=settings.retention_s,
+        max_stream_bytes=settings.max_stream_bytes,
+        max_concurrent=settings.max_concurrent,
+        max_concurrent_per_model=settings.max_concurrent_per_model,
+        timeouts=Timeouts(settings.ttft_timeout_s, settings.idle_timeout_s, settings.total_timeout_s),
+        retry=RetryPolicy(settings.retries, settings.retry_backoff_s),
+    )
+
+
+async def open_hub(settings: Settings, shutdown: ShutdownSignal | None = None) -> StreamHub:
+    """The stream hub for ``settings``, on Redis when ``redis_url`` is set, else in memory; it
+    drains when ``shutdown`` is triggered."""
+    backend: StreamBackend | None = None
+    if settings.redis_url:
+        from sluiceway.streams.redis_backend import RedisBackend
+
+        running_ttl_s = (settings.total_timeout_s or 86400) + settings.retention_s
+        backend = RedisBackend(
+            settings.redis_url, retention_s=settings.retention_s, running_ttl_s=running_ttl_s
+        )
+    hub = StreamHub(hub_settings(settings), backend)
+    await hub.aopen()
+    if shutdown is not None:
+        hub.drain_on(shutdown, settings.shutdown_grace_s)
+    return hub
 
 
 def _is_preamble(event: Event) -> bool:

@@ -3,7 +3,9 @@
 Starlette's ``StreamingResponse`` abandons its iterator when the client disconnects, leaving the
 ``finally`` blocks behind it (detaching the reader, cancelling upstream) to the garbage collector.
 Here one task sends the body while another listens for ``http.disconnect``; whichever ends first
-stops the other, and the body's ``aclose()`` runs in every case.
+stops the other, and the body's ``aclose()`` runs in every case. A library under the body may
+swallow a ``CancelledError`` (redis-py 8 on Python 3.11 sometimes does), so the sender is
+cancelled again until it has stopped, or a gone client would keep a reader attached.
 """
 
 from __future__ import annotations
@@ -38,9 +40,7 @@ class EventStreamResponse(Response):
         try:
             await asyncio.wait({sender, listener}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (sender, listener):
-                task.cancel()
-            await asyncio.gather(sender, listener, return_exceptions=True)
+            await asyncio.gather(_stop(sender), _stop(listener))
             await self.chunks.aclose()
 
     async def _send_body(self, send: Send) -> None:
@@ -52,6 +52,15 @@ class EventStreamResponse(Response):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             return
+
+
+async def _stop(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` until it is done (a swallowed cancel is repeated every 50 ms)."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=0.05)
+    if not task.cancelled():
+        task.exception()  # retrieved, as gather(return_exceptions=True) did: a gone client is no error
 
 
 async def _wait_disconnect(receive: Receive) -> None:

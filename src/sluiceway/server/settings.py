@@ -10,6 +10,9 @@ The TOML file holds top-level settings and named models::
     api_key_env = "OPENAI_API_KEY"
     fallbacks = ["local"]
 
+Client API keys (``[[api_keys]]`` tables or ``SLUICEWAY_API_KEYS``) are parsed and hashed by
+:func:`sluiceway.server.auth.parse_api_keys`; see docs/security.md.
+
 Two models always exist unless the file redefines them: ``local`` (the embedded SmolLM2, or
 ``model_path``) and ``echo``. Any problem raises :class:`ConfigError` naming the key.
 """
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from sluiceway.providers.base import ModelConfig
+from sluiceway.server.auth import ApiKey, parse_api_keys
 from sluiceway.streams.hub import DisconnectPolicy
 
 DEFAULT_CONFIG = Path("sluiceway.toml")
@@ -48,7 +52,25 @@ class Settings:
     disconnect_grace_s: float = 5.0
     retention_s: float = 600.0
     heartbeat_s: float = 15.0
+    redis_url: str | None = None  # redis://…: stream logs in Redis, shared by every instance
+    ttft_timeout_s: float = 60.0  # timeouts (0: off) end a stream with upstream_timeout
+    idle_timeout_s: float = 30.0
+    total_timeout_s: float = 600.0
+    retries: int = 2  # retries of one model before its first token, then its fallbacks
+    retry_backoff_s: float = 0.5
+    max_concurrent: int = 0  # running generations per process (0: no limit) -> 429 overloaded
+    max_concurrent_per_model: int = 0
+    max_stream_bytes: int = 8_388_608  # the bounded log of one stream
+    shutdown_grace_s: float = 30.0  # SIGTERM: let generations finish this long, then shutting_down
     log_format: str = "text"
+    data_dir: str | None = None  # conversations' SQLite file; None: the user's data dir
+    database_url: str | None = None  # postgresql://… stores conversations there instead
+    max_body_bytes: int = 1_048_576
+    max_messages: int = 500
+    max_message_chars: int = 200_000
+    cors_origins: tuple[str, ...] = ()
+    insecure_no_auth: bool = False
+    api_keys: tuple[ApiKey, ...] = ()
     models: Mapping[str, ModelConfig] = field(default_factory=dict)
 
     def model_names(self) -> list[str]:
@@ -60,7 +82,7 @@ class Settings:
         return names
 
 
-SCALAR_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "models"}
+SCALAR_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name not in ("models", "api_keys")}
 
 
 def load_settings(
@@ -78,6 +100,7 @@ def load_settings(
         path = DEFAULT_CONFIG
     raw: dict[str, Any] = _read_toml(path) if path is not None else {}
     models_raw = raw.pop("models", {})
+    keys_raw, keys_where = raw.pop("api_keys", None), "config api_keys"
     values: dict[str, Any] = {}
     for key, value in raw.items():
         values[key] = _coerce(key, value, "config")
@@ -86,9 +109,14 @@ def load_settings(
         if env_value is not None:
             values[key] = _coerce(key, env_value, f"SLUICEWAY_{key.upper()}")
     for key, value in (overrides or {}).items():
-        if value is not None:
+        if value is not None and key != "api_keys":
             values[key] = _coerce(key, value, f"--{key.replace('_', '-')}")
+    if env.get("SLUICEWAY_API_KEYS") is not None:
+        keys_raw, keys_where = env["SLUICEWAY_API_KEYS"], "SLUICEWAY_API_KEYS"
+    if (overrides or {}).get("api_keys") is not None:
+        keys_raw, keys_where = (overrides or {})["api_keys"], "api_keys"
     values["models"] = _models(models_raw, values)
+    values["api_keys"] = _api_keys(keys_raw, keys_where)
     settings = Settings(**values)
     _check_models(settings)
     return settings
@@ -107,7 +135,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def _coerce(key: str, value: Any, where: str) -> Any:
     f = SCALAR_FIELDS.get(key)
     if f is None:
-        known = ", ".join(sorted([*SCALAR_FIELDS, "models"]))
+        known = ", ".join(sorted([*SCALAR_FIELDS, "models", "api_keys"]))
         raise ConfigError(f"{where}: unknown key {key!r} (known: {known})")
     kind = str(f.type)
     try:
@@ -118,6 +146,10 @@ def _coerce(key: str, value: Any, where: str) -> Any:
             if number < 0:
                 raise ValueError("must not be negative")
             return number
+        if kind == "bool":
+            return _boolean(value)
+        if kind == "tuple[str, ...]":
+            return _strings(value)
         if kind == "DisconnectPolicy":
             if value not in ("cancel", "finish"):
                 raise ValueError("must be 'cancel' or 'finish'")
@@ -129,6 +161,29 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         return value
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where} ({key}): invalid value {value!r}: {exc}") from None
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+        return value.lower() in ("1", "true", "yes", "on")
+    raise ValueError("must be true or false")
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",")]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError("must be a list of strings (or comma-separated)")
+    return tuple(v for v in value if v)
+
+
+def _api_keys(raw: Any, where: str) -> tuple[ApiKey, ...]:
+    try:
+        return parse_api_keys(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _models(raw: Any, values: Mapping[str, Any]) -> dict[str, ModelConfig]:

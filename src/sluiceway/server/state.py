@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
 
+from sluiceway.server.limits import KeyLimits
 from sluiceway.server.models import ModelSet
 from sluiceway.server.settings import Settings
 from sluiceway.streams.hub import StreamHub
@@ -19,6 +20,7 @@ class AppState:
     settings: Settings
     models: ModelSet
     hub: StreamHub
+    limits: KeyLimits = field(default_factory=KeyLimits)
 
 
 def get_state(request: Request) -> AppState:

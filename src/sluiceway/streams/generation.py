@@ -1,25 +1,85 @@
-"""Runs one provider stream into a log, measuring it, and ends it with exactly one ``Finish``.
+"""Runs one generation into a log, measuring it, and ends it with exactly one ``Finish``.
 
-How cancellation works: the hub cancels the task running :func:`run_generation`. The
-``CancelledError`` surfaces inside the provider's generator at its current ``await``; the
-``finally`` makes sure the generator is closed (so the provider closes its upstream connection or stops its
-worker thread) before this function logs the usage consumed so far and ``Finish("cancelled")``.
+What reaches the log is always well formed: ``Usage? TextDelta* Usage (ErrorEvent)? Finish``. A
+provider's early ``Usage`` is held back until its first text, so an attempt that fails before any
+text leaves no trace and the next one starts clean.
+
+Retries and fallbacks: a ``rate_limited`` / ``upstream_unavailable`` / ``upstream_error`` failure
+before the first text is retried with exponential backoff (at least the ``Retry-After`` the
+upstream asked for), then the next candidate (the model's ``fallbacks``, in order) is tried. Once
+text has been logged no switch happens: the failure becomes an ``ErrorEvent``.
+
+Timeouts: one ``asyncio.timeout`` scope surrounds the whole run and is moved before every wait on the
+provider: to ``started + first_token_s`` until the first text, then to ``last text + idle_s``, never
+later than ``started + total_s``. When it fires, the provider's generator is cancelled at its current
+``await`` (so it releases its upstream) and the log gets an ``upstream_timeout`` error.
+
+How cancellation works: the hub records the reason on the meter (``meter.cancel_reason``) and
+cancels the task running :func:`run_generation`. The ``CancelledError`` surfaces inside the
+provider's generator at its current ``await``; the generator is closed before this function logs the
+usage consumed so far and ``Finish("cancelled")`` - or, for ``"shutdown"``, a ``shutting_down``
+error. Some libraries swallow a ``CancelledError`` now and then (redis-py 8 on Python 3.11 does, in
+the log's appends), so the relay loop also checks the reason before each wait on the provider.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from sluiceway.errors import SluicewayError
-from sluiceway.events import ErrorEvent, Finish, FinishReason, TextDelta, Usage
+from sluiceway.errors import SluicewayError, UpstreamTimeoutError, error_from_code
+from sluiceway.events import ErrorEvent, Event, Finish, FinishReason, TextDelta, Usage
 from sluiceway.providers.base import Provider
 from sluiceway.requests import ChatRequest
+from sluiceway.streams.errors import ShuttingDownError
 from sluiceway.streams.log import StreamLog
 
 logger = logging.getLogger("sluiceway.streams")
+
+RETRYABLE_CODES = frozenset({"rate_limited", "upstream_unavailable", "upstream_error"})
+Candidate = tuple[ChatRequest, Provider]
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Limits on waiting for the provider, in seconds; ``0`` switches one off."""
+
+    first_token_s: float = 60.0
+    idle_s: float = 30.0
+    total_s: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How often to retry one model before its first token, and how long to wait in between."""
+
+    retries: int = 2
+    backoff_s: float = 0.5
+    max_backoff_s: float = 8.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        """Seconds to wait before retry number ``attempt + 1`` (never less than ``retry_after``)."""
+        backoff = min(self.backoff_s * 2.0**attempt, self.max_backoff_s)
+        return max(backoff, retry_after or 0.0)
+
+
+class StreamObserver(Protocol):
+    """Told how one generation goes (metrics): its first token, each later one, and its end.
+
+    Called on the event loop with the meter before it records the token (``meter.last_token`` is
+    still the previous one). ``on_token`` runs for every token: it must be nearly free.
+    """
+
+    def on_first_token(self, meter: Meter, now: float) -> None: ...
+
+    def on_token(self, meter: Meter, now: float) -> None: ...
+
+    def on_finish(self, meter: Meter, reason: FinishReason, error: ErrorEvent | None) -> None: ...
 
 
 @dataclass(slots=True)
@@ -31,6 +91,10 @@ class Meter:
     last_token: float | None = None
     deltas: int = 0
     usage: Usage | None = None
+    model: str | None = None
+    attempts: int = 0
+    cancel_reason: str | None = None
+    observer: StreamObserver | None = None
 
     def usage_so_far(self) -> Usage:
         """The provider's last usage, with output raised to the deltas actually received."""
@@ -47,32 +111,45 @@ class Meter:
         tps = round((out - 1) / span, 2) if span > 0 and out > 1 else None
         return Finish(reason, ttft_ms=ttft_ms, tokens_per_s=tps)
 
+    def deadline(self, timeouts: Timeouts) -> float | None:
+        """When waiting for the provider must stop (``perf_counter`` time), or ``None``."""
+        limits = []
+        if timeouts.total_s:
+            limits.append(self.started + timeouts.total_s)
+        if self.last_token is None and timeouts.first_token_s:
+            limits.append(self.started + timeouts.first_token_s)
+        if self.last_token is not None and timeouts.idle_s:
+            limits.append(self.last_token + timeouts.idle_s)
+        return min(limits) if limits else None
 
-async def run_generation(provider: Provider, request: ChatRequest, log: StreamLog, meter: Meter) -> None:
-    """Relay ``provider.stream(request)`` into ``log``; never raises except for its own bugs' sake."""
+    def timeout_error(self, timeouts: Timeouts) -> UpstreamTimeoutError:
+        """Which of the limits fired, as the error to log."""
+        now = time.perf_counter()
+        if timeouts.total_s and now >= self.started + timeouts.total_s - 0.001:
+            return UpstreamTimeoutError(f"the answer took longer than {timeouts.total_s:g} s in total")
+        if self.first_token is None:
+            return UpstreamTimeoutError(f"no first token within {timeouts.first_token_s:g} s")
+        return UpstreamTimeoutError(f"no new token for {timeouts.idle_s:g} s")
+
+
+async def run_generation(
+    provider: Provider,
+    request: ChatRequest,
+    log: StreamLog,
+    meter: Meter,
+    *,
+    fallbacks: Sequence[Candidate] = (),
+    timeouts: Timeouts | None = None,
+    retry: RetryPolicy | None = None,
+) -> None:
+    """Relay ``request`` (then its fallbacks) into ``log``; never raises except for cancellation races."""
+    timeouts = timeouts or Timeouts()
     try:
-        events = provider.stream(request)
-        try:
-            async for event in events:
-                if isinstance(event, TextDelta):
-                    now = time.perf_counter()
-                    if meter.first_token is None:
-                        meter.first_token = now
-                    meter.last_token = now
-                    meter.deltas += 1
-                elif isinstance(event, Usage):
-                    meter.usage = event
-                elif isinstance(event, Finish):
-                    await log.append(meter.finish(event.reason))
-                    return
-                await log.append(event)
-        finally:
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                await aclose()
-        await log.append(meter.finish("stop"))
-    except asyncio.CancelledError:
-        await _end(log, meter, None, "cancelled")
+        await log.open()
+        await _run_chain([(request, provider), *fallbacks], log, meter, timeouts, retry or RetryPolicy())
+    except asyncio.CancelledError as exc:
+        _uncancel()
+        await end_cancelled(log, meter, meter.cancel_reason or (exc.args[0] if exc.args else "stop"))
     except SluicewayError as exc:
         await _end(log, meter, exc.to_event(), "error")
     except Exception:
@@ -80,9 +157,144 @@ async def run_generation(provider: Provider, request: ChatRequest, log: StreamLo
         await _end(log, meter, ErrorEvent("internal", "internal error in the model provider"), "error")
 
 
+async def end_cancelled(log: StreamLog, meter: Meter, why: str) -> None:
+    """Log the end of a cancelled generation: usage so far, then ``Finish("cancelled")``, or for
+    ``why == "shutdown"`` a ``shutting_down`` error (the client did not ask for this end)."""
+    if why == "shutdown":
+        error = ShuttingDownError("the server is shutting down; the answer ends here").to_event()
+        await _end(log, meter, error, "error")
+    else:
+        await _end(log, meter, None, "cancelled")
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    while task is not None and task.cancelling():
+        task.uncancel()
+
+
+async def _run_chain(
+    candidates: list[Candidate], log: StreamLog, meter: Meter, timeouts: Timeouts, retry: RetryPolicy
+) -> None:
+    last: SluicewayError | None = None
+    try:
+        async with asyncio.timeout(None) as scope:
+            for request, provider in candidates:
+                meter.model = request.model
+                for attempt in range(retry.retries + 1):
+                    try:
+                        await _relay(provider, request, log, meter, timeouts, scope)
+                        return
+                    except SluicewayError as exc:
+                        if meter.deltas or exc.code not in RETRYABLE_CODES:
+                            raise
+                        last = exc
+                        logger.info("%s failed before its first token: %s", request.model, exc.code)
+                    if attempt == retry.retries:
+                        break
+                    if not await _backoff(meter, timeouts, scope, retry, attempt, last):
+                        break
+    except TimeoutError:
+        raise meter.timeout_error(timeouts) from None
+    assert last is not None
+    raise last
+
+
+async def _backoff(
+    meter: Meter,
+    timeouts: Timeouts,
+    scope: asyncio.Timeout,
+    retry: RetryPolicy,
+    attempt: int,
+    error: SluicewayError,
+) -> bool:
+    """Wait before the next attempt; ``False`` (no wait) when the deadline comes first."""
+    delay = retry.delay(attempt, error.retry_after)
+    deadline = meter.deadline(timeouts)
+    if deadline is not None and time.perf_counter() + delay >= deadline:
+        return False
+    scope.reschedule(None)
+    await asyncio.sleep(delay)
+    return True
+
+
+async def _relay(
+    provider: Provider,
+    request: ChatRequest,
+    log: StreamLog,
+    meter: Meter,
+    timeouts: Timeouts,
+    scope: asyncio.Timeout,
+) -> None:
+    """One attempt: provider events into the log until its ``Finish`` (or its end)."""
+    meter.attempts += 1
+    meter.usage = None
+    events = provider.stream(request)
+    try:
+        while True:
+            if meter.cancel_reason is not None:  # a cancel some library swallowed on the way
+                raise asyncio.CancelledError(meter.cancel_reason)
+            scope.reschedule(_loop_time(meter.deadline(timeouts)))
+            try:
+                event = await anext(events)
+            except StopAsyncIteration:
+                break
+            if await _record(event, log, meter):
+                return
+            if meter.deltas == 1 and isinstance(event, TextDelta):
+                await asyncio.sleep(0)  # the first text leaves now, not after the burst behind it
+    finally:
+        if not scope.expired():
+            scope.reschedule(None)
+        await _aclose(events)
+    await _end(log, meter, None, "stop")
+
+
+async def _record(event: Event, log: StreamLog, meter: Meter) -> bool:
+    """Log one provider event; ``True`` once the stream is complete."""
+    if isinstance(event, TextDelta):
+        now = time.perf_counter()
+        if meter.observer is not None:
+            if meter.last_token is None:
+                meter.observer.on_first_token(meter, now)
+            else:
+                meter.observer.on_token(meter, now)
+        if meter.first_token is None:
+            meter.first_token = now
+            if meter.usage is not None:
+                await log.append(meter.usage)
+        meter.last_token = now
+        meter.deltas += 1
+        await log.append(event)
+    elif isinstance(event, Usage):
+        meter.usage = event
+    elif isinstance(event, Finish):
+        await _end(log, meter, None, event.reason)
+        return True
+    elif isinstance(event, ErrorEvent):
+        raise error_from_code(event.code, event.message, event.retry_after)
+    return False
+
+
+def _loop_time(deadline: float | None) -> float | None:
+    """A ``perf_counter`` deadline on the event loop's clock."""
+    if deadline is None:
+        return None
+    return asyncio.get_running_loop().time() + (deadline - time.perf_counter())
+
+
+async def _aclose(events: AsyncIterator[Event]) -> None:
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
+
+
 async def _end(log: StreamLog, meter: Meter, error: ErrorEvent | None, reason: FinishReason) -> None:
     if log.finished:
         return
+    if meter.observer is not None:
+        meter.observer.on_finish(meter, reason, error)
     await log.append(meter.usage_so_far())
     if error is not None:
         await log.append(error)

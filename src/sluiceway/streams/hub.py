@@ -1,26 +1,51 @@
-"""Live streams by id: start a generation, attach readers, cancel, and forget after retention.
+"""Live streams by id: start a generation, attach readers, cancel, drain, and forget after retention.
 
 How disconnect differs from Stop: :meth:`Stream.cancel` (an explicit Stop) cancels at once. When
-the last reader detaches, the stream's policy decides: ``cancel`` schedules a cancel after
-``grace`` seconds (a reader that re-attaches in time, e.g. after a reload, calls it off);
-``finish`` lets the generation run to its end. Finished streams stay readable for ``retention``
-seconds, so a client can resume after the answer is complete.
+the last reader detaches, the stream's policy decides: ``cancel`` starts a grace timer of ``grace_s``
+(a reader that attaches in time, e.g. after a reload, calls it off; readers in other processes of a
+shared backend count too), ``finish`` lets the generation run to its end. Either way the generation
+ends with exactly one ``Finish`` in its log, and the log stays readable for ``retention_s``.
+
+The cancellation races: a stream is cancelled at most once (the first reason wins), and a task
+cancelled before it ever ran still gets its end logged by the done callback, so no reader waits
+for a ``Finish`` that never comes.
+
+Shutdown: :meth:`StreamHub.drain` refuses new generations (``shutting_down``), gives the running
+ones ``grace`` seconds to finish, then cancels the rest with the reason ``shutdown``, which logs a
+``shutting_down`` error for their readers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal, TypeAlias
 
 from sluiceway.providers.base import Provider
 from sluiceway.requests import ChatRequest
-from sluiceway.streams.generation import Meter, run_generation
-from sluiceway.streams.log import Batch, MemoryStreamLog
+from sluiceway.streams.backend import MemoryBackend, RemoteStreamInfo, StreamBackend
+from sluiceway.streams.errors import ShuttingDownError
+from sluiceway.streams.generation import (
+    Candidate,
+    Meter,
+    RetryPolicy,
+    StreamObserver,
+    Timeouts,
+    end_cancelled,
+    run_generation,
+)
+from sluiceway.streams.limits import ConcurrencyLimits
+from sluiceway.streams.log import DEFAULT_MAX_BYTES, Batch, StreamLog
+from sluiceway.streams.shutdown import ShutdownSignal
 
 DisconnectPolicy: TypeAlias = Literal["cancel", "finish"]
+ObserverFactory: TypeAlias = Callable[[str, str], StreamObserver]
+"""Called with ``(model, protocol)`` for each new generation; returns what its meter reports to."""
+logger = logging.getLogger("sluiceway.streams")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,21 +55,39 @@ class HubSettings:
     disconnect_policy: DisconnectPolicy = "cancel"
     grace_s: float = 5.0
     retention_s: float = 600.0
+    max_stream_bytes: int = DEFAULT_MAX_BYTES
+    max_concurrent: int = 0
+    max_concurrent_per_model: int = 0
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
 class Stream:
-    """One generation: its log, its task and who is reading it."""
+    """One generation this process runs: its log, its task and who is reading it."""
 
-    def __init__(self, stream_id: str, log: MemoryStreamLog, policy: DisconnectPolicy, grace_s: float):
+    def __init__(
+        self,
+        stream_id: str,
+        log: StreamLog,
+        policy: DisconnectPolicy = "cancel",
+        grace_s: float = 5.0,
+        *,
+        model: str | None = None,
+        key: str | None = None,
+        backend: StreamBackend | None = None,
+    ) -> None:
         self.stream_id = stream_id
         self.log = log
         self.policy = policy
         self.grace_s = grace_s
-        self.meter = Meter()
+        self.model = model
+        self.key = key
+        self.meter = Meter(model=model)
         self.readers = 0
         self.task: asyncio.Task[None] | None = None
-        self._grace_timer: asyncio.TimerHandle | None = None
         self.cancelled_by: str | None = None
+        self._backend = backend
+        self._grace: asyncio.Task[None] | None = None
 
     @property
     def finished(self) -> bool:
@@ -52,10 +95,10 @@ class Stream:
         return self.log.finished
 
     def cancel(self, why: str = "stop") -> None:
-        """Stop the generation now (no-op once it finished)."""
-        if self.task is not None and not self.task.done():
-            self.cancelled_by = self.cancelled_by or why
-            self.task.cancel()
+        """Stop the generation now; ``why`` is ``stop``, ``disconnect`` or ``shutdown`` (first one wins)."""
+        if self.task is not None and not self.task.done() and self.cancelled_by is None:
+            self.cancelled_by = self.meter.cancel_reason = why
+            self.task.cancel(why)
 
     async def read(self, after: int = 0, idle: float | None = None) -> AsyncGenerator[Batch | None, None]:
         """Read the log after ``after`` as a reader: attached while iterating, detached at the end."""
@@ -66,66 +109,244 @@ class Stream:
         finally:
             self._detach()
 
+    def readers_left(self) -> None:
+        """No reader is attached here any more: apply the disconnect policy."""
+        if self.readers > 0 or self.finished or self.policy != "cancel" or self._grace is not None:
+            return
+        self._grace = asyncio.create_task(self._cancel_after_grace())
+
     def _attach(self) -> None:
         self.readers += 1
-        if self._grace_timer is not None:
-            self._grace_timer.cancel()
-            self._grace_timer = None
+        self._call_off_grace()
+
+    def _call_off_grace(self) -> None:
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
 
     def _detach(self) -> None:
         self.readers -= 1
-        if self.readers > 0 or self.finished or self.policy != "cancel":
-            return
-        if self.grace_s <= 0:
+        self.readers_left()
+
+    async def _cancel_after_grace(self) -> None:
+        await asyncio.sleep(self.grace_s)
+        remote = 0
+        if self._backend is not None:
+            try:
+                remote = await self._backend.remote_readers(self.stream_id)
+            except Exception:  # the backend is down: nobody can be reading elsewhere either
+                logger.warning("could not count remote readers of %s; cancelling", self.stream_id)
+        self._grace = None
+        if self.readers == 0 and remote == 0:
             self.cancel("disconnect")
-        else:
-            loop = asyncio.get_running_loop()
-            self._grace_timer = loop.call_later(self.grace_s, self.cancel, "disconnect")
+
+
+class RemoteStream(Stream):
+    """A stream another process runs (shared backend): read from the shared log, cancel by message."""
+
+    def __init__(self, stream_id: str, info: RemoteStreamInfo, backend: StreamBackend) -> None:
+        super().__init__(stream_id, info.log, "finish", 0.0, model=info.model, backend=backend)
+        self.owner = info.owner
+        self._finished_at_open = info.finished
+        self._requests: set[asyncio.Task[None]] = set()
+
+    @property
+    def finished(self) -> bool:
+        return self._finished_at_open or self.log.finished
+
+    def cancel(self, why: str = "stop") -> None:
+        """Ask the owning process to cancel (the answer shows up in the log)."""
+        if self._backend is None or self.cancelled_by is not None:
+            return
+        self.cancelled_by = why
+        task = asyncio.create_task(self._backend.request_cancel(self.stream_id, self.owner, why))
+        self._requests.add(task)
+        task.add_done_callback(self._requests.discard)
+
+    async def read(self, after: int = 0, idle: float | None = None) -> AsyncGenerator[Batch | None, None]:
+        assert self._backend is not None
+        await self._backend.attach_remote(self.stream_id)
+        try:
+            async for batch in self.log.read(after, idle):
+                yield batch
+        finally:
+            try:
+                await asyncio.shield(self._backend.detach_remote(self.stream_id, self.owner))
+            except Exception:  # the backend is down; the owner's grace check fails safe (cancels)
+                logger.warning("could not detach a remote reader of %s", self.stream_id)
 
 
 class StreamHub:
-    """All streams of one server process, by id."""
+    """All streams of one server process, by id, over one backend."""
 
-    def __init__(self, settings: HubSettings | None = None) -> None:
+    def __init__(
+        self,
+        settings: HubSettings | None = None,
+        backend: StreamBackend | None = None,
+        *,
+        observer: ObserverFactory | None = None,
+    ) -> None:
         self.settings = settings or HubSettings()
+        self.backend: StreamBackend = backend or MemoryBackend()
+        self.observer = observer
+        self.limits = ConcurrencyLimits(self.settings.max_concurrent, self.settings.max_concurrent_per_model)
         self._streams: dict[str, Stream] = {}
+        self._keys: dict[str, str] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._drain: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def aopen(self) -> None:
+        """Connect the backend and start listening for control messages."""
+        await self.backend.start(self._on_control)
 
     def start(
-        self, provider: Provider, request: ChatRequest, *, policy: DisconnectPolicy | None = None
+        self,
+        provider: Provider,
+        request: ChatRequest,
+        *,
+        policy: DisconnectPolicy | None = None,
+        grace_s: float | None = None,
+        key: str | None = None,
+        fallbacks: Sequence[Candidate] = (),
+        protocol: str = "",
     ) -> Stream:
-        """Start generating ``request`` in a task of its own and return the new stream."""
+        """Start generating ``request`` in a task of its own and return the new stream.
+
+        Raises :class:`~sluiceway.errors.OverloadedError` beyond the concurrency limits and
+        ``ShuttingDownError`` once draining, before anything was started. ``key`` (e.g.
+        ``"aisdk:<chat id>"``) names the stream for :meth:`find`; ``fallbacks`` are tried in order
+        when ``request`` fails before its first token; ``protocol`` (the route's) labels its metrics.
+        """
+        if self._closing:
+            raise ShuttingDownError("the server is shutting down; try another instance", retry_after=1)
+        model = request.model
+        self.limits.acquire(model)
         stream_id = secrets.token_hex(8)
+        log = self.backend.create_log(
+            stream_id, key=key, model=model, max_bytes=self.settings.max_stream_bytes
+        )
         stream = Stream(
             stream_id,
-            MemoryStreamLog(stream_id),
+            log,
             policy or self.settings.disconnect_policy,
-            self.settings.grace_s,
+            self.settings.grace_s if grace_s is None else grace_s,
+            model=model,
+            key=key,
+            backend=self.backend,
         )
         self._streams[stream_id] = stream
-        task = asyncio.create_task(run_generation(provider, request, stream.log, stream.meter))
-        stream.task = task
+        if key is not None:
+            self._keys[key] = stream_id
+        if self.observer is not None:
+            stream.meter.observer = self.observer(model, protocol)
+        run = run_generation(
+            provider,
+            request,
+            log,
+            stream.meter,
+            fallbacks=fallbacks,
+            timeouts=self.settings.timeouts,
+            retry=self.settings.retry,
+        )
+        stream.task = task = asyncio.create_task(run, name=f"sluiceway-stream-{stream_id}")
         self._tasks.add(task)
-        task.add_done_callback(lambda t: self._finished(stream_id, t))
+        task.add_done_callback(partial(self._finished, stream, model))
         return stream
 
     def get(self, stream_id: str) -> Stream | None:
-        """The live or retained stream with this id."""
+        """The live or retained stream with this id, if this process runs it."""
         return self._streams.get(stream_id)
+
+    async def lookup(self, stream_id: str) -> Stream | None:
+        """The stream with this id, run here or (shared backend) by another process."""
+        stream = self._streams.get(stream_id)
+        if stream is not None:
+            return stream
+        info = await self.backend.open_remote(stream_id)
+        return None if info is None else RemoteStream(stream_id, info, self.backend)
+
+    async def find(self, key: str) -> Stream | None:
+        """The newest stream started with ``key``, if it is still retained (with a shared backend the
+        newest may have started on another instance, so the backend's answer wins)."""
+        stream_id = await self.backend.resolve_key(key) or self._keys.get(key)
+        return None if stream_id is None else await self.lookup(stream_id)
 
     @property
     def active(self) -> int:
-        """Generations still running."""
+        """Generations still running in this process."""
         return len(self._tasks)
 
-    def _finished(self, stream_id: str, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        loop = asyncio.get_running_loop()
-        loop.call_later(self.settings.retention_s, self._streams.pop, stream_id, None)
+    @property
+    def closing(self) -> bool:
+        """Whether the hub has begun to drain."""
+        return self._closing
+
+    def drain_on(self, signal: ShutdownSignal, grace_s: float) -> None:
+        """Begin draining, with ``grace_s``, as soon as ``signal`` is triggered (e.g. by SIGTERM)."""
+
+        async def watch() -> None:
+            await signal.wait()
+            self.begin_drain(grace_s)
+
+        self._watcher = asyncio.create_task(watch(), name="sluiceway-drain-watcher")
+
+    def begin_drain(self, grace_s: float) -> asyncio.Task[None]:
+        """Start :meth:`drain` once, in the background; later calls return the same task."""
+        self._closing = True
+        if self._drain is None:
+            self._drain = asyncio.create_task(self.drain(grace_s))
+        return self._drain
+
+    async def drain(self, grace_s: float) -> None:
+        """Refuse new generations, let the running ones finish for ``grace_s``, end the rest."""
+        self._closing = True
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace_s)
+        await self._cancel_all()
 
     async def aclose(self) -> None:
-        """Cancel every running generation and wait for each to log its end."""
-        for stream in list(self._streams.values()):
+        """Finish draining (or end every generation now) and disconnect the backend."""
+        self._closing = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+        if self._drain is not None:
+            await self._drain
+        await self._cancel_all()
+        await self.backend.aclose()
+
+    async def _cancel_all(self) -> None:
+        running = [s for s in self._streams.values() if s.task is not None and not s.task.done()]
+        for stream in running:
             stream.cancel("shutdown")
         if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            _, pending = await asyncio.wait(set(self._tasks), timeout=10)
+            if pending:
+                logger.warning("%d generations did not stop within 10 s of cancelling", len(pending))
+
+    def _on_control(self, op: str, stream_id: str) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        if op == "cancel":
+            stream.cancel("stop")
+        elif op == "idle":
+            stream.readers_left()
+
+    def _finished(self, stream: Stream, model: str, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self.limits.release(model)
+        stream._call_off_grace()
+        if task.cancelled() and not stream.log.finished:  # cancelled before it ever ran
+            ender = asyncio.create_task(
+                end_cancelled(stream.log, stream.meter, stream.cancelled_by or "stop")
+            )
+            self._tasks.add(ender)
+            ender.add_done_callback(self._tasks.discard)
+        asyncio.get_running_loop().call_later(self.settings.retention_s, self._forget, stream)
+
+    def _forget(self, stream: Stream) -> None:
+        self._streams.pop(stream.stream_id, None)
+        if stream.key is not None and self._keys.get(stream.key) == stream.stream_id:
+            del self._keys[stream.key]

@@ -1,53 +1,104 @@
 """Per-stream event logs: one writer (the generation), any number of readers.
 
 A reader asks for the events after a sequence number and gets them in batches: everything already
-logged at once (so a reader that fell behind catches up in one write), then each new batch as it
-arrives. ``None`` from :meth:`MemoryStreamLog.read` means "nothing new for ``idle`` seconds" so the
-response can send a heartbeat.
+logged (up to :data:`BATCH_BYTES` at a time, so a reader that fell behind catches up in few writes
+while holding little memory), then each new batch as it arrives. ``None`` means "nothing new for
+``idle`` seconds" so the response can send a heartbeat.
+
+How the bound works: a log holds at most ``max_bytes`` (as :func:`~sluiceway.streams.codec.event_size`
+counts them). Appending past it drops the oldest events; ``first_seq`` moves up. A reader whose next
+event was dropped gets :func:`lagged_batch` - an error numbered ``first_seq - 1`` - and its read ends,
+so a client that resumes after that id continues from the oldest event still held. Readers cost
+nothing while they wait: they hold a position, never a copy of the log.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from sluiceway.events import Event, Finish
+from sluiceway.streams.codec import event_size
+from sluiceway.streams.errors import ReaderLaggedError
 
 Batch = list[tuple[int, Event]]
+BATCH_BYTES = 64 * 1024
+DEFAULT_MAX_BYTES = 8 * 1024 * 1024
 
 
 class StreamLog(Protocol):
-    """An append-only event log with resumable readers."""
+    """An append-only, bounded event log with resumable readers."""
 
     stream_id: str
 
     @property
     def finished(self) -> bool:
-        """Whether the terminal ``Finish`` has been appended."""
+        """Whether the terminal ``Finish`` has been appended (as far as this process knows)."""
+        ...
+
+    async def open(self) -> None:
+        """Make the stream visible to readers elsewhere before its first event (may be a no-op)."""
         ...
 
     async def append(self, event: Event) -> int:
         """Append one event; return its sequence number (1-based)."""
         ...
 
-    def read(self, after: int = 0, idle: float | None = None) -> AsyncIterator[Batch | None]:
+    def read(self, after: int = 0, idle: float | None = None) -> AsyncGenerator[Batch | None, None]:
         """Yield batches of ``(seq, event)`` after ``after``; ``None`` after ``idle`` quiet seconds."""
         ...
 
 
-class MemoryStreamLog:
-    """The in-process log: a list and a wake-up event replaced on every append."""
+def lagged_batch(stream_id: str, after: int, first_seq: int) -> Batch:
+    """The end of a reader that wants event ``after + 1`` when the log starts at ``first_seq``."""
+    error = ReaderLaggedError(
+        f"this reader fell behind stream {stream_id}: events {after + 1}..{first_seq - 1} are no longer "
+        f"held (max_stream_bytes); resume after event {first_seq - 1} to continue from the oldest one held"
+    ).to_event()
+    return [(first_seq - 1, error), (first_seq - 1, Finish("error"))]
 
-    def __init__(self, stream_id: str) -> None:
+
+class MemoryStreamLog:
+    """The in-process log: a list with a moving start, and a wake-up event replaced on every append."""
+
+    def __init__(self, stream_id: str, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.stream_id = stream_id
-        self.events: list[Event] = []
+        self.max_bytes = max_bytes
+        self._events: list[Event | None] = []  # None: dropped by the bound, not yet compacted away
+        self._sizes: list[int] = []
+        self._start = 0  # index in _events of the oldest event held
+        self._first_seq = 1
+        self._bytes = 0
         self._finished = False
         self._wake = asyncio.Event()
 
     @property
     def finished(self) -> bool:
         return self._finished
+
+    @property
+    def events(self) -> list[Event]:
+        """The events still held, oldest first (all of them unless the bound dropped some)."""
+        return [event for event in self._events[self._start :] if event is not None]
+
+    @property
+    def first_seq(self) -> int:
+        """The sequence number of the oldest event still held."""
+        return self._first_seq
+
+    @property
+    def last_seq(self) -> int:
+        """The sequence number of the newest event (0 before the first)."""
+        return self._first_seq + len(self._events) - self._start - 1
+
+    @property
+    def held_bytes(self) -> int:
+        """What the events held cost, as counted against ``max_bytes``."""
+        return self._bytes
+
+    async def open(self) -> None:
+        return None
 
     async def append(self, event: Event) -> int:
         return self.append_nowait(event)
@@ -56,26 +107,54 @@ class MemoryStreamLog:
         """Append without awaiting (the memory log never blocks)."""
         if self._finished:
             raise RuntimeError(f"stream {self.stream_id} already finished")
-        self.events.append(event)
+        size = event_size(event)
+        self._events.append(event)
+        self._sizes.append(size)
+        self._bytes += size
+        if self._bytes > self.max_bytes:
+            self._trim()
         if isinstance(event, Finish):
             self._finished = True
         wake, self._wake = self._wake, asyncio.Event()
         wake.set()
-        return len(self.events)
+        return self.last_seq
 
-    async def read(self, after: int = 0, idle: float | None = None) -> AsyncIterator[Batch | None]:
+    def _trim(self) -> None:
+        while self._bytes > self.max_bytes and len(self._events) - self._start > 1:
+            self._bytes -= self._sizes[self._start]
+            self._events[self._start] = None  # release it now, not at the next compaction
+            self._start += 1
+            self._first_seq += 1
+        if self._start > 64 and self._start * 2 > len(self._events):
+            del self._events[: self._start]
+            del self._sizes[: self._start]
+            self._start = 0
+
+    def _batch(self, after: int) -> Batch:
+        index = self._start + after + 1 - self._first_seq
+        end, total = index, 0
+        while end < len(self._events) and (total < BATCH_BYTES or end == index):
+            total += self._sizes[end]
+            end += 1
+        first = after + 1
+        return [(first + i, event) for i, event in enumerate(self._events[index:end]) if event is not None]
+
+    async def read(self, after: int = 0, idle: float | None = None) -> AsyncGenerator[Batch | None, None]:
         pos = max(after, 0)
         while True:
-            if pos < len(self.events):
-                end = len(self.events)
-                batch = [(seq, self.events[seq - 1]) for seq in range(pos + 1, end + 1)]
-                pos = end
+            if pos < self._first_seq - 1:
+                yield lagged_batch(self.stream_id, pos, self._first_seq)
+                return
+            if pos < self.last_seq:
+                batch = self._batch(pos)
+                pos = batch[-1][0]
                 yield batch
                 continue
             if self._finished:
                 return
             wake = self._wake
             try:
-                await asyncio.wait_for(wake.wait(), idle)
+                async with asyncio.timeout(idle):
+                    await wake.wait()
             except TimeoutError:
                 yield None

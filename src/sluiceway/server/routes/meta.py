@@ -7,6 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from sluiceway.server.auth import current_key
 from sluiceway.server.state import StateDep
 
 router = APIRouter()
@@ -27,8 +28,16 @@ async def healthz(state: StateDep) -> dict[str, Any]:
 
 @router.get("/v1/models")
 async def list_models(state: StateDep) -> dict[str, Any]:
-    """The served models in OpenAI's list shape; the default model comes first."""
-    names = [n for n in state.settings.model_names() if n in state.models.providers]
+    """The served models in OpenAI's list shape; the default model comes first.
+
+    A caller whose API key may use only some models sees only those.
+    """
+    key = current_key()
+    names = [
+        n
+        for n in state.settings.model_names()
+        if n in state.models.providers and (key is None or key.allows(n))
+    ]
     if state.models.default in names:
         names.remove(state.models.default)
         names.insert(0, state.models.default)

@@ -1,0 +1,51 @@
+"""``POST /v1/messages``: the Anthropic Messages API (see :mod:`sluiceway.wire.anthropic`).
+
+The ``anthropic-version`` and ``x-api-key`` headers the SDKs send are accepted and not checked.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI, Request
+from starlette.responses import JSONResponse, Response
+
+from sluiceway.server.errors import error_response
+from sluiceway.server.relay import start_stream, stream_response
+from sluiceway.server.routes._protocol import complete, read_json, resolve
+from sluiceway.server.state import StateDep
+from sluiceway.wire.anthropic import AnthropicEncoder, error_shape, message_body, parse_request
+
+router = APIRouter()
+ERROR_PREFIXES = ("/v1/messages",)
+
+
+def install(app: FastAPI) -> None:
+    """Serve this protocol on ``app``; errors under its paths take Anthropic's shape."""
+    app.include_router(router)
+    for prefix in ERROR_PREFIXES:
+        app.state.error_shapes.register(prefix, error_shape)
+
+
+@router.post(
+    "/v1/messages",
+    response_class=Response,
+    responses={200: {"content": {"text/event-stream": {}, "application/json": {}}}},
+)
+async def messages(http: Request, state: StateDep) -> Response:
+    """A ``message`` object, or with ``"stream": true`` the Messages event stream."""
+    params = parse_request(await read_json(http))
+    request = resolve(state, params.request)
+    stream = start_stream(state, request, protocol="anthropic")
+    message_id = f"msg_{stream.stream_id}"
+    if params.stream:
+        return await stream_response(
+            http, state, stream, lambda s: AnthropicEncoder(message_id, request.model)
+        )
+    answer = await complete(http, stream)
+    if answer is None:
+        return Response(status_code=499)
+    if answer.error is not None:
+        return error_response(answer.error, http)
+    return JSONResponse(
+        message_body(message_id, request.model, answer.text, answer.usage, answer.finish),
+        headers={"X-Stream-Id": stream.stream_id},
+    )

@@ -1,0 +1,278 @@
+"""The OpenAI Chat Completions format (``POST /v1/chat/completions``), without I/O.
+
+Streaming answers are SSE ``data:`` lines, one ``chat.completion.chunk`` object each::
+
+    data: {"id":"chatcmpl-…","object":"chat.completion.chunk",…,"choices":[{"index":0,
+           "delta":{"role":"assistant","content":"Hel"},"logprobs":null,"finish_reason":null}]}
+    data: {…"choices":[{"index":0,"delta":{"content":"lo"},…}]}
+    data: {…"choices":[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]}
+    data: {…"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}
+    data: [DONE]
+
+The first delta carries the role; the finish reason rides on a last, empty delta; the usage chunk
+is sent only when the request asked for ``stream_options.include_usage``. A failure after the first
+byte is ``data: {"error": {...}}``: the openai SDKs (Python ``Stream.__stream__``, Node
+``Stream.fromSSEResponse``) raise ``APIError`` on any event whose JSON has an ``error`` key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sluiceway.errors import ERROR_CLASSES, InvalidRequestError
+from sluiceway.events import ErrorEvent, Event, Finish, FinishReason, TextDelta, Usage
+from sluiceway.requests import (
+    ChatRequest,
+    Message,
+    check_fields,
+    make_message,
+    make_request,
+    positive_int,
+)
+from sluiceway.wire.seed import DONE, SSE_HEADERS, dumps
+from sluiceway.wire.sse import PING
+
+FINISH_REASONS: dict[FinishReason, str] = {
+    "stop": "stop",
+    "length": "length",
+    "cancelled": "stop",
+    "error": "stop",
+}
+"""Our finish reasons as OpenAI's (which has no "cancelled"; a client only sees it if a Stop
+elsewhere ended the stream it reads)."""
+
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+ERROR_TYPES: dict[str, str] = {
+    "rate_limited": "rate_limit_error",
+    "overloaded": "rate_limit_error",
+}
+"""OpenAI error types that the HTTP status does not tell (otherwise 4xx: ``invalid_request_error``,
+5xx: ``server_error``)."""
+ERROR_CODES = {"unknown_model": "model_not_found", "unauthorized": "invalid_api_key"}
+
+FIELDS = frozenset(
+    {
+        "audio",
+        "frequency_penalty",
+        "function_call",
+        "functions",
+        "logit_bias",
+        "logprobs",
+        "max_completion_tokens",
+        "max_tokens",
+        "messages",
+        "metadata",
+        "modalities",
+        "model",
+        "moderation",
+        "n",
+        "parallel_tool_calls",
+        "prediction",
+        "presence_penalty",
+        "prompt_cache_key",
+        "prompt_cache_options",
+        "prompt_cache_retention",
+        "reasoning_effort",
+        "response_format",
+        "safety_identifier",
+        "seed",
+        "service_tier",
+        "stop",
+        "store",
+        "stream",
+        "stream_options",
+        "temperature",
+        "tool_choice",
+        "tools",
+        "top_logprobs",
+        "top_p",
+        "user",
+        "verbosity",
+        "web_search_options",
+    }
+)
+"""Every body field the real API defines: others are refused, as the real API refuses them
+(fields it defines but sluiceway does not use are accepted and ignored)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionParams:
+    """A parsed request: what to generate (``request.model`` empty means the default) and how to answer."""
+
+    request: ChatRequest
+    stream: bool
+    include_usage: bool
+
+
+def parse_request(body: object) -> CompletionParams:
+    """Validate a Chat Completions body into a :class:`ChatRequest` (raises ``InvalidRequestError``)."""
+    if not isinstance(body, Mapping):
+        raise InvalidRequestError("the request body must be a JSON object")
+    check_fields(body, FIELDS)
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise InvalidRequestError("messages: must be a non-empty array")
+    messages = [_message(m, f"messages[{i}]") for i, m in enumerate(raw)]
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise InvalidRequestError("model: must be a string")
+    positive_int(body.get("max_tokens"), "max_tokens")
+    max_tokens = positive_int(body.get("max_completion_tokens"), "max_completion_tokens")
+    max_tokens = body.get("max_tokens") if max_tokens is None else max_tokens
+    request = make_request(
+        messages,
+        model or "",
+        max_tokens=max_tokens,
+        temperature=body.get("temperature"),
+        stop=body.get("stop"),
+    )
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool | None):
+        raise InvalidRequestError("stream: must be a boolean")
+    options = body.get("stream_options")
+    options = {} if options is None else options
+    if not isinstance(options, Mapping):
+        raise InvalidRequestError("stream_options: must be an object")
+    include_usage = options.get("include_usage", False)
+    if not isinstance(include_usage, bool | None):
+        raise InvalidRequestError("stream_options.include_usage: must be a boolean")
+    return CompletionParams(request, bool(stream), bool(include_usage))
+
+
+def _message(raw: object, where: str) -> Message:
+    if not isinstance(raw, Mapping):
+        raise InvalidRequestError(f"{where}: must be an object")
+    role = raw.get("role")
+    if not isinstance(role, str) or role not in ROLES:
+        raise InvalidRequestError(f"{where}.role: must be one of system, developer, user, assistant")
+    return make_message(ROLES[str(role)], text_of(raw.get("content"), f"{where}.content"), where=where)
+
+
+def text_of(content: object, where: str) -> str:
+    """A message's text: a string, or the text parts of a content array joined."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for i, part in enumerate(content):
+            if (
+                not isinstance(part, Mapping)
+                or part.get("type") != "text"
+                or not isinstance(part.get("text"), str)
+            ):
+                raise InvalidRequestError(f"{where}[{i}]: only text parts are supported")
+            texts.append(part["text"])
+        return "".join(texts)
+    raise InvalidRequestError(f"{where}: must be a string or an array of text parts")
+
+
+def error_type(code: str, status: int | None = None) -> str:
+    """OpenAI's error ``type`` for one of our codes (by its HTTP status unless listed)."""
+    if code in ERROR_TYPES:
+        return ERROR_TYPES[code]
+    if status is None:
+        cls = ERROR_CLASSES.get(code)
+        status = cls.status if cls is not None else 500
+    return "invalid_request_error" if status < 500 else "server_error"
+
+
+def error_object(code: str, message: str, status: int | None = None) -> dict[str, Any]:
+    """OpenAI's error object: ``{"message", "type", "param", "code"}``."""
+    return {
+        "message": message,
+        "type": error_type(code, status),
+        "param": None,
+        "code": ERROR_CODES.get(code, code),
+    }
+
+
+def error_shape(error: ErrorEvent, status: int) -> dict[str, Any]:
+    """The body of an error answered before the first byte (the status goes on the response)."""
+    return {"error": error_object(error.code, error.message, status)}
+
+
+def usage_object(usage: Usage) -> dict[str, int]:
+    """OpenAI's usage: prompt, completion and total tokens."""
+    return {
+        "prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": usage.input_tokens + usage.output_tokens,
+    }
+
+
+def completion_body(
+    completion_id: str, created: int, model: str, text: str, usage: Usage, finish: FinishReason
+) -> dict[str, Any]:
+    """A whole ``chat.completion`` object (the non-streaming answer)."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": FINISH_REASONS[finish],
+            }
+        ],
+        "usage": usage_object(usage),
+    }
+
+
+class OpenAIEncoder:
+    """Encoder for ``chat.completion.chunk`` SSE; one per response.
+
+    The chunks' constant head (id, object, created, model) is rendered once per stream, so a token
+    costs one small ``dumps`` of its delta.
+    """
+
+    media_type = "text/event-stream"
+    headers = SSE_HEADERS
+
+    def __init__(self, completion_id: str, created: int, model: str, *, include_usage: bool = False) -> None:
+        head = dumps(
+            {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
+        )
+        self._head = "data: " + head[:-1] + ',"choices":'
+        self._include_usage = include_usage
+        self._usage = Usage(0, 0)
+        self._role_sent = False
+
+    def start(self) -> bytes:
+        return b""
+
+    def heartbeat(self) -> bytes:
+        return PING
+
+    def encode(self, seq: int, event: Event) -> bytes:
+        match event:
+            case TextDelta(text):
+                return self._choice({"content": text}, None)
+            case Usage():
+                self._usage = event
+                return b""
+            case ErrorEvent():
+                return f"data: {dumps({'error': error_object(event.code, event.message)})}\n\n".encode()
+            case Finish(reason="error"):
+                return DONE
+            case Finish(reason):
+                out = self._choice({}, FINISH_REASONS[reason])
+                if self._include_usage:
+                    usage = dumps(usage_object(self._usage))
+                    out += f'{self._head}[],"usage":{usage}}}\n\n'.encode()
+                return out + DONE
+        raise AssertionError(f"unhandled event {event!r}")
+
+    def _choice(self, delta: dict[str, str], finish: str | None) -> bytes:
+        if not self._role_sent:
+            self._role_sent = True
+            delta = {"role": "assistant", **delta}
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return f"{self._head}[{dumps(choice)}]}}\n\n".encode()

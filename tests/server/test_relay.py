@@ -1,0 +1,97 @@
+"""The relay: event ids, settings to hub settings, fallback chains, and how the first byte is chosen."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from sluiceway.errors import InvalidRequestError
+from sluiceway.providers.base import ModelConfig
+from sluiceway.requests import ChatRequest, Message
+from sluiceway.server.app import create_app
+from sluiceway.server.relay import _fallbacks, hub_settings, parse_event_id
+from tests.live import live_server, make_settings
+from tests.streams.providers import Script, registry_with
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("abc:7", ("abc", 7)), (" abc:0 ", ("abc", 0)), ("a:b:12", ("a:b", 12))],
+)
+def test_an_event_id_is_a_stream_and_a_seq(value: str, expected: tuple[str, int]) -> None:
+    assert parse_event_id(value) == expected
+
+
+@pytest.mark.parametrize("value", ["", "abc", ":7", "abc:", "abc:-1", "abc:1.5", "abc:٣"])
+def test_anything_else_is_an_invalid_request(value: str) -> None:
+    with pytest.raises(InvalidRequestError):
+        parse_event_id(value)
+
+
+def test_an_event_id_of_another_stream_is_refused() -> None:
+    assert parse_event_id("abc:3", "abc") == ("abc", 3)
+    with pytest.raises(InvalidRequestError, match="another stream"):
+        parse_event_id("abc:3", "xyz")
+
+
+def test_hub_settings_come_from_the_server_settings() -> None:
+    hub = hub_settings(
+        make_settings(
+            disconnect_policy="finish",
+            disconnect_grace_s=2,
+            retention_s=30,
+            ttft_timeout_s=5,
+            idle_timeout_s=6,
+            total_timeout_s=7,
+            retries=4,
+            retry_backoff_s=0.25,
+            max_concurrent=9,
+            max_concurrent_per_model=3,
+            max_stream_bytes=1000,
+        )
+    )
+    assert (hub.disconnect_policy, hub.grace_s, hub.retention_s) == ("finish", 2, 30)
+    assert (hub.timeouts.first_token_s, hub.timeouts.idle_s, hub.timeouts.total_s) == (5, 6, 7)
+    assert (hub.retry.retries, hub.retry.backoff_s) == (4, 0.25)
+    assert (hub.max_concurrent, hub.max_concurrent_per_model, hub.max_stream_bytes) == (9, 3, 1000)
+
+
+def test_the_fallback_chain_skips_the_model_itself_and_models_not_loaded() -> None:
+    models = {
+        "main": ModelConfig("main", "echo", fallbacks=("main", "broken", "capped")),
+        "broken": ModelConfig("broken", "no-such-provider"),
+        "capped": ModelConfig("capped", "echo", max_tokens_cap=3),
+    }
+    settings = make_settings(models=models)
+    app = create_app(settings)
+    with live_server(app=app) as srv:
+        request = ChatRequest((Message("user", "hi"),), "main", max_tokens=10)
+        chain = _fallbacks(srv.state, request, models["main"].fallbacks)
+    assert [(r.model, r.max_tokens) for r, _ in chain] == [("capped", 3)]
+
+
+@pytest.fixture
+def script() -> Script:
+    return Script()
+
+
+def test_an_error_before_any_text_is_json_but_in_band_on_resume(script: Script) -> None:
+    script.plays["down"] = [[("fail", "upstream_auth")]]
+    settings = make_settings(models={"down": ModelConfig("down", "scripted")})
+    with live_server(app=create_app(settings, registry_with(script=script))) as srv:
+        r = httpx.post(f"{srv.url}/chat/stream", json={"message": "x", "model": "down"})
+        assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_auth"
+        stream_id = r.headers["x-stream-id"]
+        resumed = httpx.get(f"{srv.url}/chat/stream/{stream_id}?after=0")
+        assert resumed.status_code == 502  # after=0 is a replay: still no byte of text, still JSON
+        resumed = httpx.get(f"{srv.url}/chat/stream/{stream_id}", headers={"Last-Event-ID": f"{stream_id}:1"})
+        assert resumed.status_code == 200 and '"code":"upstream_auth"' in resumed.text
+
+
+def test_while_waiting_for_the_first_token_the_stream_opens_with_pings(script: Script) -> None:
+    script.plays["thinker"] = [[("sleep", 0.4), ("text", "done")]]
+    settings = make_settings(models={"thinker": ModelConfig("thinker", "scripted")}, heartbeat_s=0.05)
+    with live_server(app=create_app(settings, registry_with(script=script))) as srv:
+        r = httpx.post(f"{srv.url}/chat/stream", json={"message": "x", "model": "thinker"}, timeout=10)
+    assert r.status_code == 200 and r.text.startswith(": ping\n\n")
+    assert r.text.index('"text":"done"') > r.text.index(": ping")

@@ -1,0 +1,178 @@
+"""The hub: readers and the disconnect policies, Stop, keys, retention, limits and draining."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from sluiceway.errors import OverloadedError
+from sluiceway.events import ErrorEvent, Event, Finish, TextDelta
+from sluiceway.requests import ChatRequest, Message
+from sluiceway.streams.errors import ShuttingDownError
+from sluiceway.streams.hub import HubSettings, Stream, StreamHub
+from sluiceway.streams.shutdown import ShutdownSignal
+from tests.streams.polling import eventually
+from tests.streams.providers import CountingProvider, Probe
+
+WORDS = " ".join(f"w{i}" for i in range(40))
+
+
+def ask(text: str = WORDS, model: str = "m") -> ChatRequest:
+    return ChatRequest((Message("user", text),), model)
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[StreamHub]:
+    hub = StreamHub(HubSettings(grace_s=0.2, retention_s=60))
+    await hub.aopen()
+    yield hub
+    await hub.aclose()
+
+
+async def read_events(stream: Stream, after: int = 0) -> list[Event]:
+    async with asyncio.timeout(10):
+        return [event async for batch in stream.read(after) for _, event in batch or ()]
+
+
+def text(events: list[Event]) -> str:
+    return "".join(e.text for e in events if isinstance(e, TextDelta))
+
+
+async def test_every_reader_of_a_stream_gets_every_event(hub: StreamHub) -> None:
+    stream = hub.start(CountingProvider(Probe(), 5), ask())
+    first, second = await asyncio.gather(read_events(stream), read_events(stream))
+    assert text(first) == WORDS and first == second
+
+
+async def test_the_last_reader_leaving_cancels_after_the_grace(hub: StreamHub) -> None:
+    probe = Probe()
+    stream = hub.start(CountingProvider(probe, 20), ask())
+    reader = stream.read()
+    await anext(reader)
+    await reader.aclose()
+    left = time.monotonic()
+    await eventually(lambda: stream.finished)
+    assert stream.cancelled_by == "disconnect" and probe.how == "cancelled"
+    assert probe.stopped_at is not None and 0.15 < probe.stopped_at - left < 1.0
+    events = await read_events(stream)
+    assert isinstance(events[-1], Finish) and events[-1].reason == "cancelled"
+
+
+async def test_a_reader_that_comes_back_within_the_grace_keeps_the_stream(hub: StreamHub) -> None:
+    probe = Probe()
+    stream = hub.start(CountingProvider(probe, 10), ask())
+    reader = stream.read()
+    await anext(reader)
+    await reader.aclose()
+    await asyncio.sleep(0.05)
+    events = await read_events(stream)  # re-attached before the 0.2 s grace ran out
+    assert text(events) == WORDS and probe.how == "finished" and stream.cancelled_by is None
+
+
+async def test_policy_finish_keeps_generating_without_readers(hub: StreamHub) -> None:
+    probe = Probe()
+    stream = hub.start(CountingProvider(probe, 5), ask(), policy="finish")
+    reader = stream.read()
+    await anext(reader)
+    await reader.aclose()
+    await eventually(lambda: stream.finished)
+    assert probe.how == "finished" and text(await read_events(stream)) == WORDS
+
+
+async def test_a_per_stream_grace_overrides_the_server_one(hub: StreamHub) -> None:
+    stream = hub.start(CountingProvider(Probe(), 20), ask(), grace_s=0)
+    reader = stream.read()
+    await anext(reader)
+    await reader.aclose()
+    await eventually(lambda: stream.finished, within=0.5)
+
+
+async def test_stop_cancels_at_once_with_the_usage_so_far(hub: StreamHub) -> None:
+    probe = Probe()
+    stream = hub.start(CountingProvider(probe, 10), ask())
+    await eventually(lambda: len(probe.produced) >= 3)
+    stream.cancel()
+    events = await read_events(stream)
+    assert stream.cancelled_by == "stop" and probe.how == "cancelled"
+    usage = [e for e in events if not isinstance(e, TextDelta)][-2]
+    assert usage.output_tokens == len(probe.produced)  # type: ignore[union-attr]
+
+
+async def test_a_stream_cancelled_before_it_ever_ran_still_ends(hub: StreamHub) -> None:
+    probe = Probe()
+    stream = hub.start(CountingProvider(probe, 10), ask())
+    stream.cancel()
+    events = await read_events(stream)
+    assert isinstance(events[-1], Finish) and events[-1].reason == "cancelled" and probe.started == 0
+
+
+async def test_a_key_finds_the_newest_stream_started_with_it(hub: StreamHub) -> None:
+    first = hub.start(CountingProvider(Probe(), 1), ask("a"), key="chat:1")
+    second = hub.start(CountingProvider(Probe(), 1), ask("b"), key="chat:1")
+    assert await hub.find("chat:1") is second and first is not second
+    assert await hub.find("chat:2") is None
+    assert await hub.lookup(second.stream_id) is second and await hub.lookup("nope") is None
+
+
+async def test_finished_streams_are_forgotten_after_the_retention() -> None:
+    hub = StreamHub(HubSettings(retention_s=0.1))
+    stream = hub.start(CountingProvider(Probe(), 0), ask("a"), key="k")
+    await read_events(stream)
+    assert hub.get(stream.stream_id) is stream
+    await eventually(lambda: hub.get(stream.stream_id) is None)
+    assert await hub.find("k") is None
+    await hub.aclose()
+
+
+async def test_beyond_the_limits_a_start_is_refused_before_anything_runs() -> None:
+    hub = StreamHub(HubSettings(max_concurrent=2, max_concurrent_per_model=1))
+    probes = [Probe() for _ in range(3)]
+    first = hub.start(CountingProvider(probes[0], 10), ask(model="a"))
+    with pytest.raises(OverloadedError) as refused:
+        hub.start(CountingProvider(probes[1], 10), ask(model="a"))
+    assert refused.value.retry_after and refused.value.status == 429
+    hub.start(CountingProvider(probes[1], 10), ask(model="b"))
+    with pytest.raises(OverloadedError):
+        hub.start(CountingProvider(probes[2], 10), ask(model="c"))
+    assert probes[2].started == 0 and hub.active == 2
+    first.cancel()
+    await eventually(lambda: hub.active == 1)
+    hub.start(CountingProvider(probes[2], 10), ask(model="c"))
+    await hub.aclose()
+
+
+async def test_drain_lets_short_streams_finish_and_ends_the_rest_with_shutting_down() -> None:
+    hub = StreamHub()
+    short = hub.start(CountingProvider(Probe(), 5), ask("a b c"))
+    long = hub.start(CountingProvider(Probe(), 50), ask())
+    drained = hub.begin_drain(0.3)
+    with pytest.raises(ShuttingDownError):
+        hub.start(CountingProvider(Probe(), 5), ask())
+    await asyncio.wait_for(drained, 5)
+    short_events, long_events = await read_events(short), await read_events(long)
+    assert isinstance(short_events[-1], Finish) and short_events[-1].reason == "stop"
+    errors = [e for e in long_events if isinstance(e, ErrorEvent)]
+    assert [e.code for e in errors] == ["shutting_down"] and text(long_events)
+    await hub.aclose()
+
+
+async def test_a_shutdown_signal_from_another_thread_starts_the_drain() -> None:
+    hub = StreamHub()
+    signal = ShutdownSignal()
+    hub.drain_on(signal, 0.05)
+    stream = hub.start(CountingProvider(Probe(), 50), ask())
+    threading.Thread(target=signal.trigger).start()
+    await eventually(lambda: stream.finished)
+    assert hub.closing and stream.cancelled_by == "shutdown"
+    await hub.aclose()
+
+
+async def test_closing_the_hub_ends_every_generation() -> None:
+    hub = StreamHub()
+    streams = [hub.start(CountingProvider(Probe(), 50), ask()) for _ in range(3)]
+    await asyncio.wait_for(hub.aclose(), 5)
+    assert all(s.finished for s in streams) and hub.active == 0

@@ -1,0 +1,213 @@
+"""The stream log contract, for the memory log and the Redis log alike (a real redis-server)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator, Callable, Sequence
+
+import pytest
+import redis.asyncio as aioredis
+
+from sluiceway.events import ErrorEvent, Event, Finish, TextDelta, Usage
+from sluiceway.streams.codec import EVENT_OVERHEAD
+from sluiceway.streams.errors import StreamNotFoundError
+from sluiceway.streams.log import BATCH_BYTES, Batch, MemoryStreamLog, StreamLog
+from sluiceway.streams.redis_log import RedisStreamLog
+from tests.streams.polling import eventually
+from tests.streams.redis_server import RedisServer
+
+MakeLog = Callable[..., StreamLog]
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def make_log(request: pytest.FixtureRequest) -> AsyncIterator[MakeLog]:
+    """A factory of empty writer logs: ``make_log(max_bytes=...)``."""
+    if request.param == "memory":
+        yield lambda max_bytes=1 << 30: MemoryStreamLog(secrets.token_hex(4), max_bytes)
+        return
+    server: RedisServer = request.getfixturevalue("redis_srv")
+    client = aioredis.from_url(server.url)
+    prefix = f"test-{secrets.token_hex(3)}:"
+
+    def make(max_bytes: int = 1 << 30) -> StreamLog:
+        meta = {"owner": "test", "model": "m"}
+        return RedisStreamLog(client, secrets.token_hex(4), prefix=prefix, max_bytes=max_bytes, meta=meta)
+
+    yield make
+    await client.aclose()
+
+
+def words(n: int) -> list[Event]:
+    return [Usage(3, 0), *[TextDelta(f"w{i} ") for i in range(n)], Usage(3, n), Finish("stop")]
+
+
+async def fill(log: StreamLog, events: Sequence[Event]) -> list[int]:
+    await log.open()
+    return [await log.append(event) for event in events]
+
+
+async def read_all(log: StreamLog, after: int = 0, idle: float | None = None) -> list[Batch | None]:
+    batches: list[Batch | None] = []
+    async with asyncio.timeout(10):
+        async for batch in log.read(after, idle):
+            batches.append(batch)
+    return batches
+
+
+def flat(batches: list[Batch | None]) -> Batch:
+    return [item for batch in batches for item in batch or ()]
+
+
+async def test_appends_number_events_from_one(make_log: MakeLog) -> None:
+    log = make_log()
+    assert await fill(log, words(3)) == [1, 2, 3, 4, 5, 6]
+    assert log.finished
+
+
+async def test_a_reader_gets_exactly_the_events_after_any_seq(make_log: MakeLog) -> None:
+    log = make_log()
+    events = words(5)
+    await fill(log, events)
+    for after in range(len(events) + 1):
+        got = flat(await read_all(log, after))
+        assert got == [(seq, events[seq - 1]) for seq in range(after + 1, len(events) + 1)]
+
+
+async def test_a_reader_ends_at_once_when_nothing_follows_the_finish(make_log: MakeLog) -> None:
+    log = make_log()
+    await fill(log, words(1))
+    assert await read_all(log, after=4) == []
+
+
+async def test_a_live_reader_gets_the_tail_in_order_as_it_is_written(make_log: MakeLog) -> None:
+    log = make_log()
+    await log.open()
+    events = words(20)
+    got: list[Batch | None] = []
+
+    async def reader() -> None:
+        got.extend(await read_all(log))
+
+    task = asyncio.create_task(reader())
+    for event in events:
+        await log.append(event)
+        await asyncio.sleep(0.001)
+    await asyncio.wait_for(task, 10)
+    assert [event for _, event in flat(got)] == events
+    assert [seq for seq, _ in flat(got)] == list(range(1, len(events) + 1))
+
+
+async def test_quiet_readers_get_none_to_send_heartbeats(make_log: MakeLog) -> None:
+    log = make_log()
+    await log.open()
+    await log.append(TextDelta("a"))
+    got: list[Batch | None] = []
+
+    async def reader() -> None:
+        async for batch in log.read(0, idle=0.05):
+            got.append(batch)
+
+    task = asyncio.create_task(reader())
+    await eventually(lambda: got.count(None) >= 2)
+    await log.append(Finish("stop"))
+    await asyncio.wait_for(task, 10)
+    assert flat(got) == [(1, TextDelta("a")), (2, Finish("stop"))]
+
+
+async def test_the_bound_drops_the_oldest_events_and_lagging_readers_get_an_error(make_log: MakeLog) -> None:
+    log = make_log(max_bytes=10 * (EVENT_OVERHEAD + 4))
+    events = [TextDelta(f"{i:04d}") for i in range(1, 41)] + [Finish("stop")]
+    await fill(log, events)
+    batches = await read_all(log, after=0)
+    (lag_seq, error), (finish_seq, finish) = flat(batches)
+    assert isinstance(error, ErrorEvent) and error.code == "reader_lagged" and error.retryable
+    assert finish == Finish("error") and lag_seq == finish_seq
+    tail = flat(await read_all(log, after=lag_seq))  # resuming after the error continues, with a gap
+    assert tail[0][0] == lag_seq + 1 and tail[-1] == (41, Finish("stop"))
+    assert [event for _, event in tail] == events[lag_seq:]
+    assert len(tail) <= 10
+
+
+async def test_a_reader_that_falls_behind_while_reading_is_ended_with_the_lag_error(
+    make_log: MakeLog,
+) -> None:
+    log = make_log(max_bytes=5 * (EVENT_OVERHEAD + 1))
+    await log.open()
+    await log.append(TextDelta("a"))
+    reader = log.read(0)
+    first = await anext(reader)
+    assert first == [(1, TextDelta("a"))]
+    for _ in range(20):  # the reader holds its position while these push it out of the log
+        await log.append(TextDelta("b"))
+    batch = await asyncio.wait_for(anext(reader), 10)
+    assert batch is not None and isinstance(batch[0][1], ErrorEvent) and batch[0][1].code == "reader_lagged"
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(anext(reader), 10)
+
+
+async def test_the_memory_log_holds_no_more_than_its_bound() -> None:
+    log = MemoryStreamLog("s", max_bytes=64 * 1024)
+    for _ in range(10_000):
+        log.append_nowait(TextDelta("x" * 100))
+    assert log.held_bytes <= 64 * 1024
+    assert log.last_seq == 10_000 and log.first_seq > 9_000
+
+
+async def test_memory_batches_are_bounded_so_a_slow_reader_holds_little() -> None:
+    log = MemoryStreamLog("s")
+    events = [TextDelta("x" * 1000) for _ in range(500)] + [Finish("stop")]
+    for event in events:
+        log.append_nowait(event)
+    batches = await read_all(log)
+    assert len(batches) > 1
+    for batch in batches:
+        assert batch is not None
+        assert sum(len(e.text) for _, e in batch if isinstance(e, TextDelta)) <= BATCH_BYTES + 1000
+    assert [event for _, event in flat(batches)] == events
+
+
+async def test_appending_after_the_finish_is_a_bug(make_log: MakeLog) -> None:
+    log = make_log()
+    await fill(log, [Finish("stop")])
+    with pytest.raises(RuntimeError):
+        await log.append(TextDelta("late"))
+
+
+async def test_a_redis_reader_in_another_process_sees_the_writer(redis_srv: RedisServer) -> None:
+    writer_client, reader_client = aioredis.from_url(redis_srv.url), aioredis.from_url(redis_srv.url)
+    stream_id = secrets.token_hex(4)
+    writer = RedisStreamLog(writer_client, stream_id, prefix="x:", meta={"owner": "a", "model": "m"})
+    reader = RedisStreamLog(reader_client, stream_id, prefix="x:")
+    events = words(3)
+    try:
+        await writer.open()
+        await writer.append(events[0])
+        task = asyncio.create_task(read_all(reader, after=0, idle=0.05))
+        for event in events[1:]:
+            await writer.append(event)
+        got = await asyncio.wait_for(task, 10)
+        assert [event for _, event in flat(got)] == events
+        assert reader.finished
+        with pytest.raises(StreamNotFoundError):
+            await read_all(RedisStreamLog(reader_client, "missing", prefix="x:"))
+    finally:
+        await writer_client.aclose()
+        await reader_client.aclose()
+
+
+async def test_redis_keys_expire_after_retention_once_finished(redis_srv: RedisServer) -> None:
+    client = aioredis.from_url(redis_srv.url)
+    log = RedisStreamLog(
+        client, "ttl", prefix="ttl:", meta={"owner": "a"}, key="k", running_ttl_s=100, retention_s=7
+    )
+    try:
+        await fill(log, [TextDelta("a")])
+        assert 90 < await client.ttl("ttl:ttl:log") <= 100
+        await log.append(Finish("stop"))
+        assert 0 < await client.ttl("ttl:ttl:log") <= 7
+        assert 0 < await client.ttl("ttl:ttl:meta") <= 7
+        assert await client.get("ttl:key:k") == b"ttl"
+    finally:
+        await client.delete("ttl:ttl:log", "ttl:ttl:meta", "ttl:key:k")
+        await client.aclose()

@@ -1,0 +1,207 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from sluiceway.errors import ERROR_CLASSES, InvalidRequestError
+from sluiceway.events import ErrorEvent, Event, Finish, TextDelta, Usage
+from sluiceway.requests import Message
+from sluiceway.wire.openai import (
+    OpenAIEncoder,
+    completion_body,
+    error_object,
+    error_shape,
+    error_type,
+    parse_request,
+)
+from sluiceway.wire.sse import SSEDecoder
+
+HEAD = b'data: {"id":"c","object":"chat.completion.chunk","created":7,"model":"m","choices":'
+USER = [{"role": "user", "content": "hi"}]
+
+
+def encode(events: list[Event], **kwargs: Any) -> bytes:
+    encoder = OpenAIEncoder("c", 7, "m", **kwargs)
+    return b"".join(encoder.encode(i, e) for i, e in enumerate(events, start=1))
+
+
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [
+        (
+            [TextDelta("Hi")],
+            HEAD + b'[{"index":0,"delta":{"role":"assistant","content":"Hi"},"logprobs":null,'
+            b'"finish_reason":null}]}\n\n',
+        ),
+        (
+            [TextDelta("a"), TextDelta('"é\n')],
+            HEAD + b'[{"index":0,"delta":{"role":"assistant","content":"a"},"logprobs":null,'
+            b'"finish_reason":null}]}\n\n'
+            + HEAD
+            + '[{"index":0,"delta":{"content":"\\"é\\n"},"logprobs":null,'.encode()
+            + b'"finish_reason":null}]}\n\n',
+        ),
+        ([Usage(3, 0)], b""),
+        (
+            [TextDelta("a"), Usage(3, 1), Finish("stop")],
+            HEAD + b'[{"index":0,"delta":{"role":"assistant","content":"a"},"logprobs":null,'
+            b'"finish_reason":null}]}\n\n'
+            + HEAD
+            + b'[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n',
+        ),
+        (
+            [Finish("length")],
+            HEAD + b'[{"index":0,"delta":{"role":"assistant"},"logprobs":null,"finish_reason":"length"}]}\n\n'
+            b"data: [DONE]\n\n",
+        ),
+        (
+            [ErrorEvent("upstream_error", "boom", retryable=True), Finish("error")],
+            b'data: {"error":{"message":"boom","type":"server_error","param":null,'
+            b'"code":"upstream_error"}}\n\n'
+            b"data: [DONE]\n\n",
+        ),
+    ],
+)
+def test_encode_table(events: list[Event], expected: bytes) -> None:
+    assert encode(events) == expected
+
+
+def test_usage_chunk_has_empty_choices_and_comes_last_before_done() -> None:
+    raw = encode([Usage(5, 0), TextDelta("x"), Usage(5, 2), Finish("stop")], include_usage=True)
+    assert raw.endswith(
+        HEAD + b'[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}\n\ndata: [DONE]\n\n'
+    )
+
+
+def test_cancelled_reads_as_stop() -> None:
+    assert b'"finish_reason":"stop"' in encode([Finish("cancelled")])
+
+
+def test_heartbeat_is_a_comment() -> None:
+    assert OpenAIEncoder("c", 1, "m").heartbeat() == b": ping\n\n"
+
+
+def test_stream_decodes_at_every_split_point() -> None:
+    events: list[Event] = [Usage(2, 0), TextDelta("Grüß "), TextDelta("🚀"), Usage(2, 2), Finish("stop")]
+    raw = encode(events, include_usage=True)
+    whole = [e.data for e in SSEDecoder().feed(raw)]
+    assert whole[-1] == "[DONE]"
+    chunks = [json.loads(d) for d in whole[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]) == "Grüß 🚀"
+    for cut in range(1, len(raw)):
+        decoder = SSEDecoder()
+        assert [e.data for e in decoder.feed(raw[:cut]) + decoder.feed(raw[cut:])] == whole
+
+
+# ---- requests ----------------------------------------------------------------------------------
+
+
+def test_parse_minimal() -> None:
+    params = parse_request({"model": "echo", "messages": USER})
+    assert params.request.messages == (Message("user", "hi"),)
+    assert params.request.model == "echo"
+    assert (params.stream, params.include_usage) == (False, False)
+
+
+def test_parse_everything() -> None:
+    params = parse_request(
+        {
+            "model": "m",
+            "messages": [
+                {"role": "developer", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
+                {"role": "assistant", "content": None},
+            ],
+            "max_completion_tokens": 9,
+            "max_tokens": 100,
+            "temperature": 0.5,
+            "stop": ["\n", "END"],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "top_p": 1,
+        }
+    )
+    request = params.request
+    assert request.messages == (
+        Message("system", "be brief"),
+        Message("user", "ab"),
+        Message("assistant", ""),
+    )
+    assert (request.max_tokens, request.temperature, request.stop) == (9, 0.5, ("\n", "END"))
+    assert (params.stream, params.include_usage) == (True, True)
+
+
+def test_parse_without_model_leaves_it_to_the_route() -> None:
+    assert parse_request({"messages": USER}).request.model == ""
+
+
+@pytest.mark.parametrize(
+    ("body", "names"),
+    [
+        ([], "JSON object"),
+        ({}, "messages"),
+        ({"messages": []}, "messages"),
+        ({"messages": ["hi"]}, "messages[0]"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user", "content": 3}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content[0]"),
+        ({"messages": USER, "model": 3}, "model"),
+        ({"messages": USER, "max_tokens": 0}, "max_tokens"),
+        ({"messages": USER, "temperature": 3}, "temperature"),
+        ({"messages": USER, "stop": 5}, "stop"),
+        ({"messages": USER, "stream": "yes"}, "stream"),
+        ({"messages": USER, "stream_options": []}, "stream_options"),
+        ({"messages": USER, "stream_options": {"include_usage": "yes"}}, "include_usage"),
+        ({"messages": USER, "max_completion_tokens": 1.5}, "max_completion_tokens"),
+        ({"messages": USER, "frobnicate": True}, "unknown field"),
+        ({"messages": [{"role": ["user"], "content": "x"}]}, "messages[0].role"),
+    ],
+)
+def test_parse_rejects(body: object, names: str) -> None:
+    with pytest.raises(InvalidRequestError, match=names.replace("[", r"\[").replace("]", r"\]")):
+        parse_request(body)
+
+
+# ---- whole answers and errors --------------------------------------------------------------------
+
+
+def test_completion_body() -> None:
+    assert completion_body("c", 7, "m", "hi", Usage(3, 1), "length") == {
+        "id": "c",
+        "object": "chat.completion",
+        "created": 7,
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "hi", "refusal": None},
+                "logprobs": None,
+                "finish_reason": "length",
+            }
+        ],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "type_", "wire_code"),
+    [
+        ("invalid_request", 400, "invalid_request_error", "invalid_request"),
+        ("unknown_model", 404, "invalid_request_error", "model_not_found"),
+        ("unauthorized", 401, "invalid_request_error", "invalid_api_key"),
+        ("rate_limited", 429, "rate_limit_error", "rate_limited"),
+        ("overloaded", 429, "rate_limit_error", "overloaded"),
+        ("upstream_timeout", 504, "server_error", "upstream_timeout"),
+        ("internal", 500, "server_error", "internal"),
+    ],
+)
+def test_error_shape(code: str, status: int, type_: str, wire_code: str) -> None:
+    body = error_shape(ErrorEvent(code, "why"), status)
+    assert body == {"error": {"message": "why", "type": type_, "param": None, "code": wire_code}}
+
+
+def test_every_code_has_a_type_matching_its_status() -> None:
+    for code, cls in ERROR_CLASSES.items():
+        assert error_type(code) == error_object(code, "", cls.status)["type"]
