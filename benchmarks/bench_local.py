@@ -9,6 +9,8 @@ Paths (add one by writing an ``async def`` taking a :class:`Bench` and listing i
 * ``llama_cpp.generate``: tokenize + ``Llama.generate`` + per-token detokenize: the floor.
 * ``llama_cpp.chat``: ``Llama.create_chat_completion(stream=True)``, the library's high-level API.
 * ``provider.stream``: :class:`~sluiceway.providers.local.LocalProvider` (worker thread, queue).
+* ``server.http``: the same provider behind a real uvicorn running ``create_app``, read by an httpx
+  client as ``POST /chat/stream`` SSE over loopback: the whole gateway.
 
 Definitions: ``ttft_ms`` from the call to the first text; ``decode_tok_s`` = (tokens - 1) / (end -
 first text); ``e2e_tok_s`` = tokens / (end - call). Medians over ``--runs``.
@@ -23,7 +25,9 @@ import asyncio
 import json
 import os
 import platform
+import socket
 import statistics
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -66,6 +70,7 @@ class Bench:
     provider: LocalProvider
     request: ChatRequest
     max_tokens: int
+    server: GatewayServer | None = None
 
     @property
     def settings(self) -> LocalSettings:
@@ -142,11 +147,73 @@ async def provider_stream(bench: Bench) -> Run:
     return Run(first, time.perf_counter() - start, produced)
 
 
+class GatewayServer:
+    """``create_app`` under real uvicorn in a thread, serving ``bench.provider`` as ``local``."""
+
+    def __init__(self, provider: LocalProvider) -> None:
+        import uvicorn
+
+        from sluiceway.providers.registry import ProviderRegistry
+        from sluiceway.server.app import create_app
+        from sluiceway.server.settings import load_settings
+
+        registry = ProviderRegistry()
+        registry.register("local", lambda config: provider)
+        registry.register("echo", lambda config: provider)
+        settings = load_settings(None, env={}, overrides={"default_model": "local"})
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        app = create_app(settings, registry)
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.url = f"http://127.0.0.1:{port}/chat/stream"
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> GatewayServer:
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+async def server_http(bench: Bench) -> Run:
+    """The whole gateway: HTTP in, relay, seed SSE out, parsed by a client over loopback."""
+    import httpx
+
+    from sluiceway.wire.sse import SSEDecoder
+
+    assert bench.server is not None
+    bench.llm.reset()
+    body = {"message": PROMPT, "max_tokens": bench.max_tokens, "temperature": 0}
+    decoder = SSEDecoder()
+    start = time.perf_counter()
+    first, produced = 0.0, 0
+    async with (
+        httpx.AsyncClient(timeout=120) as client,
+        client.stream("POST", bench.server.url, json=body) as response,
+    ):
+        async for raw in response.aiter_raw():
+            for event in decoder.feed(raw):
+                if event.data == "[DONE]":
+                    continue
+                data = json.loads(event.data)
+                if data["type"] == "chunk" and not first:
+                    first = time.perf_counter() - start
+                elif data["type"] == "done":
+                    produced = data["usage"]["output_tokens"]
+    return Run(first, time.perf_counter() - start, produced)
+
+
 PathFn = Callable[[Bench], Awaitable[Run]]
 PATHS: dict[str, PathFn] = {
     "llama_cpp.generate": llama_generate,
     "llama_cpp.chat": llama_chat,
     "provider.stream": provider_stream,
+    "server.http": server_http,
 }
 
 
@@ -195,16 +262,21 @@ async def run(runs: int, max_tokens: int, paths: list[str], threads: int | None)
     llm = load(settings)
     provider = LocalProvider(llm, settings)
     request = make_request([Message("user", PROMPT)], "local", max_tokens=max_tokens, temperature=0)
-    bench = Bench(llm, provider, request, max_tokens)
+    server = GatewayServer(provider) if "server.http" in paths else None
+    bench = Bench(llm, provider, request, max_tokens, server)
     prompt_tokens = len(provider.encode(request))
     timings: dict[str, list[Run]] = {name: [] for name in paths}
     try:
+        if server is not None:
+            server.__enter__()
         for name in paths:
             await PATHS[name](bench)
         for _ in range(runs):
             for name in paths:
                 timings[name].append(await PATHS[name](bench))
     finally:
+        if server is not None:
+            server.__exit__()
         await provider.aclose()
     return {
         "model": Path(llm.model_path).name,

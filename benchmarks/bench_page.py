@@ -16,8 +16,9 @@ into the page and presses Enter; the script then measures:
   last 1k's over the first 1k's. Linear scripting means a flat profile (growth about 1); a renderer
   that re-parses the whole answer per token would grow about 10x from the first to the tenth 1k.
 
-Run: ``.venv/bin/python benchmarks/bench_page.py [--tokens 10000] [--delays 0,5] [--cpu-throttle 1]
-[--write-docs]``. ``--write-docs`` replaces the "## Web page" section of docs/benchmarks.md.
+Run: ``.venv/bin/python benchmarks/bench_page.py [--tokens 10000] [--delays 0,5] [--runs 1]
+[--cpu-throttle 1] [--write-docs]``. ``--write-docs`` replaces the "## Web page" section of
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def run_once(browser: Any, url: str, model: str, answer: str, tokens: int, throt
 
 def table(results: list[dict[str, Any]]) -> str:
     head = (
-        "| model | tokens | first glyph | longest long task | long tasks | longest render | "
+        "| model | run | first glyph | longest long task | long tasks | longest render | "
         "renders | render total | scripting total | render per 1k tokens (1st → 10th) | growth |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
@@ -186,11 +187,27 @@ def table(results: list[dict[str, Any]]) -> str:
         longest = "none ≥ 50 ms" if r["longest_task_ms"] is None else f"{r['longest_task_ms']} ms"
         per_1k = " · ".join(f"{v:g}" for v in r["render_ms_per_1k"])
         rows.append(
-            f"| {r['model']} | {r['tokens']} | {r['first_glyph_ms']} ms | {longest} | {r['long_tasks']} | "
+            f"| {r['model']} | {r['run']} | {r['first_glyph_ms']} ms | {longest} | {r['long_tasks']} | "
             f"{r['longest_render_ms']} ms | {r['renders']} | {r['render_ms']} ms | {r['scripting_ms']} ms | "
             f"{per_1k} ms | {r['growth']}× |"
         )
     return head + "\n".join(rows) + "\n"
+
+
+def verdict(results: list[dict[str, Any]]) -> str:
+    """One line per target: met in how many runs."""
+    n = len(results)
+    glyph = sum(r["first_glyph_ms"] < 150 for r in results)
+    no_long = sum(r["longest_task_ms"] is None for r in results)
+    linear = sum(r["growth"] is not None and r["growth"] < 2 for r in results)
+    worst_glyph = max(r["first_glyph_ms"] for r in results)
+    worst_task = max((r["longest_task_ms"] or 0) for r in results)
+    return (
+        f"- first glyph < 150 ms: {glyph} of {n} runs (the slowest: {worst_glyph} ms)\n"
+        f"- no long task ≥ 50 ms: {no_long} of {n} runs"
+        + (f" (the longest: {worst_task} ms)" if worst_task else "")
+        + f"\n- scripting linear (the last 1k tokens cost < 2× the first 1k): {linear} of {n} runs\n"
+    )
 
 
 def write_docs(results: list[dict[str, Any]], command: str, environment: str) -> None:
@@ -203,7 +220,8 @@ def write_docs(results: list[dict[str, Any]], command: str, environment: str) ->
         "How each figure is taken: the docstring of `benchmarks/bench_page.py`.\n\n"
         f"```sh\n{command}\n```\n\n"
         f"{environment}\n\n"
-        f"{table(results)}"
+        f"{table(results)}\n"
+        f"{verdict(results)}"
     )
     text = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n"
     match = re.search(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", text, flags=re.S | re.M)
@@ -222,6 +240,7 @@ def main() -> None:
     parser.add_argument(
         "--cpu-throttle", type=float, default=1.0, help="CDP CPU throttling rate (4 = slow laptop)"
     )
+    parser.add_argument("--runs", type=int, default=1, help="runs per delay (one table row each)")
     parser.add_argument("--write-docs", action="store_true", help="update docs/benchmarks.md")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
     args = parser.parse_args()
@@ -235,13 +254,19 @@ def main() -> None:
         version = browser.version
         try:
             for delay in args.delays.split(","):
-                result = run_once(browser, url, models[delay.strip()], answer, args.tokens, args.cpu_throttle)
-                results.append(result)
-                print(json.dumps(result), flush=True)
+                for run in range(1, args.runs + 1):
+                    model = models[delay.strip()]
+                    result = {
+                        "run": run,
+                        **run_once(browser, url, model, answer, args.tokens, args.cpu_throttle),
+                    }
+                    results.append(result)
+                    print(json.dumps(result), flush=True)
         finally:
             browser.close()
     print()
     print(table(results))
+    print(verdict(results))
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     environment = (
         f"Chromium {version} headless, Python {platform.python_version()}, {platform.machine()}, "
@@ -250,10 +275,10 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"environment": environment, "results": results}, indent=2))
     if args.write_docs:
-        command = ".venv/bin/python benchmarks/bench_page.py --tokens {} --delays {}{} --write-docs".format(
-            args.tokens,
-            args.delays,
-            f" --cpu-throttle {args.cpu_throttle:g}" if args.cpu_throttle != 1 else "",
+        throttle = f" --cpu-throttle {args.cpu_throttle:g}" if args.cpu_throttle != 1 else ""
+        command = (
+            f".venv/bin/python benchmarks/bench_page.py --tokens {args.tokens} --delays {args.delays}"
+            f" --runs {args.runs}{throttle} --write-docs"
         )
         write_docs(results, command, environment)
         print(f"wrote the {SECTION!r} section of {DOCS}")

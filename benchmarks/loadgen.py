@@ -68,6 +68,7 @@ class Probe(asyncio.Protocol):
         self.done = asyncio.get_running_loop().create_future()
         self.rest = b""
         self.status_ok: bool | None = None
+        self.status = ""
         self.finished = False
         self.tokens = 0
         self.first: float | None = None
@@ -81,7 +82,8 @@ class Probe(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         now = time.perf_counter()
         if self.status_ok is None:
-            self.status_ok = data.startswith((b"HTTP/1.1 200", b"HTTP/1.0 200"))
+            self.status = data[9:12].decode("latin-1")
+            self.status_ok = self.status == "200"
         buf = self.rest + data if self.rest else data
         end = buf.rfind(b"\n\n")
         if end < 0:
@@ -162,7 +164,7 @@ async def one(target: Target, request: bytes, totals: Totals, stop_after: int = 
     if stop_after:
         return probe
     if not probe.status_ok:
-        totals.errors["http status"] += 1
+        totals.errors[f"http {probe.status}"] += 1
     elif not probe.finished:
         totals.errors["incomplete"] += 1
     else:

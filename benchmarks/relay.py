@@ -402,6 +402,10 @@ def main() -> int:
         if args.cancels and not args.only:
             cancels = {name: cancel_latency(t, mock_url, args.cancels) for name, t in targets.items()}
         env_info = environment("litellm" in targets)
+        logs = ROOT / "benchmarks" / "results" / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        for log in tmp.glob("*.log"):
+            shutil.copy(log, logs / log.name)
     body = table(summary, cancels)
     print()
     print(body)

@@ -174,6 +174,29 @@ describe("streamChat", () => {
     assert.equal(resume.headers["last-event-id"], "s3:3");
   });
 
+  test("reconnecting goes on while the server is briefly unreachable", async () => {
+    let port;
+    const srv = await serve(async (req, res) => {
+      if (req.method === "POST") {
+        res.writeHead(200, { ...SSE, "x-stream-id": "sr" });
+        res.write(chunk("sr", 2, "before "));
+        await tick();
+        // the server goes away (connection refused) and comes back on the same port
+        srv.server.close();
+        srv.server.closeAllConnections();
+        setTimeout(() => srv.server.listen(port, "127.0.0.1"), 400);
+        return;
+      }
+      res.writeHead(200, SSE);
+      res.end(chunk("sr", 3, "after") + done("sr", 5));
+    });
+    port = srv.server.address().port;
+    const events = await collect(streamChat({ url: srv.url, message: "hi", maxReconnects: 5 }));
+    assert.equal(events.filter((e) => e.type === "chunk").map((e) => e.text).join(""), "before after");
+    assert.ok(events.filter((e) => e.type === "reconnect").length >= 2);
+    assert.equal(srv.requests.at(-1).url, "/chat/stream/sr?after=2");
+  });
+
   test("a stream that ends without [DONE] is resumed too", async () => {
     let posts = 0;
     const srv = await serve((req, res) => {

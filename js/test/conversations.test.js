@@ -113,7 +113,7 @@ describe("ServerStore", () => {
     const srv = await serve((req, res) => {
       seen.push(`${req.method} ${req.url}`);
       res.setHeader("content-type", "application/json");
-      if (req.url === "/conversations") return res.end(JSON.stringify({ data: [{ id: "c1", title: "T" }], next_cursor: null }));
+      if (req.url.split("?")[0] === "/conversations") return res.end(JSON.stringify({ data: [{ id: "c1", title: "T" }], next_cursor: null }));
       if (req.url === "/conversations/c1" && req.method === "GET") {
         return res.end(JSON.stringify({ id: "c1", title: "T", messages: [{ role: "user", content: "q", status: "complete" }] }));
       }

@@ -7,6 +7,9 @@ The tree::
     ├── AuthenticationError        unauthorized           401
     ├── PermissionDeniedError      forbidden              403
     ├── UnknownModelError          unknown_model          404
+    ├── StreamNotFoundError        stream_not_found       404
+    ├── ConversationNotFoundError  not_found              404
+    ├── ReaderLaggedError          reader_lagged          409  (resume after the event it names)
     ├── RequestTooLargeError       request_too_large      413
     ├── RateLimitedError           rate_limited           429  (retry_after)
     ├── UpstreamAuthError          upstream_auth          502
@@ -14,6 +17,8 @@ The tree::
     ├── UpstreamTimeoutError       upstream_timeout       504  (retryable)
     ├── UpstreamError              upstream_error         502  (retryable)
     ├── OverloadedError            overloaded             429  (retry_after)
+    ├── ShuttingDownError          shutting_down          503  (retryable)
+    ├── StoreUnavailableError      store_unavailable      503  (retryable)
     ├── CancelledError             cancelled              499
     └── InternalError              internal               500
 
@@ -141,6 +146,44 @@ class InternalError(SluicewayError):
     status = 500
 
 
+class StreamNotFoundError(SluicewayError):
+    """No live or retained stream has this id (it never existed or its retention ended)."""
+
+    code = "stream_not_found"
+    status = 404
+
+
+class ConversationNotFoundError(SluicewayError):
+    """No conversation has this id (never had, or it was deleted)."""
+
+    code = "not_found"
+    status = 404
+
+
+class ReaderLaggedError(SluicewayError):
+    """A reader fell so far behind that the events it needs next left the bounded log."""
+
+    code = "reader_lagged"
+    status = 409
+    retryable = True
+
+
+class ShuttingDownError(SluicewayError):
+    """The server is shutting down: no new generation starts; a running one ended at the grace."""
+
+    code = "shutting_down"
+    status = 503
+    retryable = True
+
+
+class StoreUnavailableError(SluicewayError):
+    """The conversation database could not be reached or refused the operation."""
+
+    code = "store_unavailable"
+    status = 503
+    retryable = True
+
+
 ERROR_CLASSES: dict[str, type[SluicewayError]] = {
     cls.code: cls
     for cls in (
@@ -157,6 +200,11 @@ ERROR_CLASSES: dict[str, type[SluicewayError]] = {
         OverloadedError,
         CancelledError,
         InternalError,
+        StreamNotFoundError,
+        ConversationNotFoundError,
+        ReaderLaggedError,
+        ShuttingDownError,
+        StoreUnavailableError,
     )
 }
 

@@ -7,9 +7,12 @@ embedded ``local`` model) through uvicorn on a loopback port. Waits are Playwrig
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -136,6 +139,55 @@ def open_page(browser: Any, srv: LiveServer) -> Iterator[Callable[..., Page]]:
     for page in pages:
         page.context.close()
     assert [e for p in pages for e in p.errors] == []
+
+
+class CuttableProxy:
+    """A TCP forwarder on loopback whose connections can all be cut at once (a network drop)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            with self.lock:
+                self.sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, target):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        """Drop every open connection, as a flaky network would."""
+        with self.lock:
+            sockets, self.sockets = self.sockets, []
+        for s in sockets:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut()
 
 
 def final_event(url: str, stream_id: str, timeout: float = 10.0) -> dict[str, Any]:
@@ -299,6 +351,25 @@ def test_reload_mid_answer_shows_the_full_answer(open_page: Callable[..., Page])
     assert page.locator(".msg.user .bubble").last.inner_text() == message
     assert page.locator(".msg.assistant").count() == 1
     assert page.evaluate("sessionStorage.getItem('sluiceway.active')") is None
+
+
+def test_a_network_drop_mid_answer_is_resumed(browser: Any, srv: LiveServer) -> None:
+    proxy = CuttableProxy(int(srv.url.rsplit(":", 1)[1]))
+    chat = Page(browser, proxy.url)
+    try:
+        page = chat.open()
+        message = " ".join(f"d{i}" for i in range(50))
+        chat.send(message, model="echo-slow")
+        chat.wait_text("t.length > 20")
+        proxy.cut()
+        answer = chat.wait_state("done")
+        assert answer.locator(".md").inner_text() == message  # nothing lost, nothing twice
+        assert page.evaluate("window.sluicewayApp.perf.reconnects") >= 1
+        assert answer.locator(".note").is_hidden()
+        assert [e for e in chat.errors if "ERR_" not in e] == []
+    finally:
+        chat.context.close()
+        proxy.close()
 
 
 def test_conversations_in_the_sidebar(open_page: Callable[..., Page]) -> None:

@@ -9,10 +9,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from sluiceway.errors import OverloadedError
+from sluiceway.errors import OverloadedError, ShuttingDownError
 from sluiceway.events import ErrorEvent, Event, Finish, TextDelta
 from sluiceway.requests import ChatRequest, Message
-from sluiceway.streams.errors import ShuttingDownError
 from sluiceway.streams.hub import HubSettings, Stream, StreamHub
 from sluiceway.streams.shutdown import ShutdownSignal
 from tests.streams.polling import eventually

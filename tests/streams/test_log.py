@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import pytest
 import redis.asyncio as aioredis
 
+from sluiceway.errors import StreamNotFoundError
 from sluiceway.events import ErrorEvent, Event, Finish, TextDelta, Usage
 from sluiceway.streams.codec import EVENT_OVERHEAD
-from sluiceway.streams.errors import StreamNotFoundError
 from sluiceway.streams.log import BATCH_BYTES, Batch, MemoryStreamLog, StreamLog
 from sluiceway.streams.redis_log import RedisStreamLog
 from tests.streams.polling import eventually

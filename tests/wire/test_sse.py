@@ -63,7 +63,7 @@ def test_decode_table(raw: bytes, expected: list[ServerSentEvent]) -> None:
 
 
 STREAM = (
-    "\ufeffid: s:1\r\ndata: {\"text\":\"héllo 你好\"}\r\n\r\n"
+    '\ufeffid: s:1\r\ndata: {"text":"héllo 你好"}\r\n\r\n'
     ": ping\n\n"
     "event: message_start\rdata: line1\rdata: line2\r\r"
     "id: s:2\ndata: 🙂 end\n\n"

@@ -3,7 +3,6 @@
 SQLite in the data directory by default, PostgreSQL for several instances; see docs/conversations.md.
 """
 
-from sluiceway.conversations.errors import ConversationNotFoundError, StoreUnavailableError
 from sluiceway.conversations.records import (
     Answer,
     AnswerStatus,
@@ -19,6 +18,7 @@ from sluiceway.conversations.schema import SchemaTooNewError
 from sluiceway.conversations.sql import SqlConversationStore, database_url, default_data_dir, open_store
 from sluiceway.conversations.store import ConversationStore
 from sluiceway.conversations.turns import TurnRecorder, open_conversations
+from sluiceway.errors import ConversationNotFoundError, StoreUnavailableError
 
 __all__ = [
     "Answer",

@@ -27,7 +27,6 @@ from sqlalchemy import Row, and_, delete, event, func, insert, make_url, or_, se
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from sluiceway.conversations.errors import ConversationNotFoundError, StoreUnavailableError
 from sluiceway.conversations.records import (
     Answer,
     Conversation,
@@ -37,7 +36,7 @@ from sluiceway.conversations.records import (
     derive_title,
 )
 from sluiceway.conversations.schema import conversations, messages, migrate
-from sluiceway.errors import InvalidRequestError
+from sluiceway.errors import ConversationNotFoundError, InvalidRequestError, StoreUnavailableError
 from sluiceway.requests import Role
 
 logger = logging.getLogger("sluiceway.conversations")

@@ -12,8 +12,8 @@ class ConversationStore(Protocol):
 
     Every method is one transaction. ``owner`` (the caller's API key name, ``None`` when auth is off)
     scopes every look-up: another owner's conversation is as unknown as a missing one. Unknown ids raise
-    :class:`~sluiceway.conversations.errors.ConversationNotFoundError`; a database failure raises
-    :class:`~sluiceway.conversations.errors.StoreUnavailableError`.
+    :class:`~sluiceway.errors.ConversationNotFoundError`; a database failure raises
+    :class:`~sluiceway.errors.StoreUnavailableError`.
     """
 
     async def create(self, title: str | None = None, *, owner: str | None = None) -> Conversation:

@@ -18,11 +18,10 @@ import asyncio
 import logging
 from pathlib import Path
 
-from sluiceway.conversations.errors import StoreUnavailableError
 from sluiceway.conversations.records import Answer, Turn, answer_from_events
 from sluiceway.conversations.sql import database_url, open_store
 from sluiceway.conversations.store import ConversationStore
-from sluiceway.errors import SluicewayError
+from sluiceway.errors import SluicewayError, StoreUnavailableError
 from sluiceway.events import Event
 from sluiceway.streams.hub import Stream
 from sluiceway.streams.log import StreamLog

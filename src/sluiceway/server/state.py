@@ -23,8 +23,9 @@ class AppState:
     limits: KeyLimits = field(default_factory=KeyLimits)
 
 
-def get_state(request: Request) -> AppState:
-    """FastAPI dependency: this app's :class:`AppState`."""
+async def get_state(request: Request) -> AppState:
+    """FastAPI dependency: this app's :class:`AppState` (``async``: FastAPI runs a plain ``def``
+    dependency in its thread pool, a thread hop on every request)."""
     state: AppState = request.app.state.sluiceway
     return state
 

@@ -4,8 +4,8 @@ The Redis backend (:mod:`sluiceway.streams.redis_backend`) is imported only when
 ``redis`` extra.
 """
 
+from sluiceway.errors import ReaderLaggedError, ShuttingDownError, StreamNotFoundError
 from sluiceway.streams.backend import MemoryBackend, RemoteStreamInfo, StreamBackend
-from sluiceway.streams.errors import ReaderLaggedError, ShuttingDownError, StreamNotFoundError
 from sluiceway.streams.generation import Meter, RetryPolicy, Timeouts, run_generation
 from sluiceway.streams.hub import DisconnectPolicy, HubSettings, RemoteStream, Stream, StreamHub
 from sluiceway.streams.limits import ConcurrencyLimits

@@ -32,11 +32,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sluiceway.errors import SluicewayError, UpstreamTimeoutError, error_from_code
+from sluiceway.errors import ShuttingDownError, SluicewayError, UpstreamTimeoutError, error_from_code
 from sluiceway.events import ErrorEvent, Event, Finish, FinishReason, TextDelta, Usage
 from sluiceway.providers.base import Provider
 from sluiceway.requests import ChatRequest
-from sluiceway.streams.errors import ShuttingDownError
 from sluiceway.streams.log import StreamLog
 
 logger = logging.getLogger("sluiceway.streams")

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal, TypeAlias
 
+from sluiceway.errors import ShuttingDownError
 from sluiceway.providers.base import Provider
 from sluiceway.requests import ChatRequest
 from sluiceway.streams.backend import MemoryBackend, RemoteStreamInfo, StreamBackend
-from sluiceway.streams.errors import ShuttingDownError
 from sluiceway.streams.generation import (
     Candidate,
     Meter,

@@ -18,9 +18,9 @@ import asyncio
 from collections.abc import AsyncGenerator
 from typing import Protocol
 
+from sluiceway.errors import ReaderLaggedError
 from sluiceway.events import Event, Finish
 from sluiceway.streams.codec import event_size
-from sluiceway.streams.errors import ReaderLaggedError
 
 Batch = list[tuple[int, Event]]
 BATCH_BYTES = 64 * 1024

@@ -19,9 +19,9 @@ from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from sluiceway.errors import StreamNotFoundError
 from sluiceway.events import Event, Finish
 from sluiceway.streams.codec import dump_event, event_size, load_event
-from sluiceway.streams.errors import StreamNotFoundError
 from sluiceway.streams.log import Batch, lagged_batch
 
 READ_COUNT = 256

@@ -249,10 +249,12 @@ class App {
     if (message.role !== "assistant") return null;
     const view = this.transcript.addAssistant({ model: message.model });
     view.show(message.content ?? "");
-    const state = { complete: "done", cancelled: "stopped", error: "error" }[message.status] ?? "done";
+    // "streaming" here means the page was closed before the answer's end was recorded
+    const state = { complete: "done", cancelled: "stopped", error: "error", streaming: "stopped" }[message.status] ?? "done";
     view.setState(state);
     const stats = message.stats ?? { ttftMs: message.ttft_ms ?? null, tokens: message.usage?.output_tokens ?? null };
-    view.setStats({ ...stats, label: state === "stopped" ? "Stopped" : null });
+    const label = { cancelled: "Stopped", streaming: "Interrupted" }[message.status] ?? null;
+    view.setStats({ ...stats, label });
     if (state === "error") {
       const code = message.error?.code ?? message.error_code;
       view.showError(message.error?.message ?? `This answer failed (${code ?? "error"}).`, code);
@@ -297,6 +299,7 @@ class App {
     if (this.active) return;
     const messages = this.conversation.messages;
     const lastUser = messages.findLastIndex((m) => m.role === "user");
+    if (lastUser < 0) return;
     const prompt = messages[lastUser].content;
     messages.splice(lastUser + 1);
     const request = this.store.request(this.conversation, prompt);
@@ -304,7 +307,7 @@ class App {
     view.setNote("");
     view.renderer.reset();
     view.setStats({});
-    view.el.dataset.state = "streaming";
+    view.setState("streaming");
     await this.run(view, { request, prompt });
   }
 
@@ -344,7 +347,15 @@ class App {
     const active = (this.active = { controller, view, streamId: resumeId, stopped: false });
     const message = { role: "assistant", content: "", status: "streaming", model };
     this.conversation.messages.push(message);
-    const perf = (this.perf = { sentAt, firstPaintMs: null, tokens: 0, samples: [], done: false, renderer: view.renderer });
+    const perf = (this.perf = {
+      sentAt,
+      firstPaintMs: null,
+      tokens: 0,
+      samples: [],
+      reconnects: 0,
+      done: false,
+      renderer: view.renderer,
+    });
     this.busy(true);
     await this.store.save(this.conversation);
     let first = null;
@@ -382,6 +393,7 @@ class App {
             slice = performance.now();
           }
         } else if (event.type === "reconnect") {
+          perf.reconnects += 1;
           view.setNote("Connection lost — resuming…");
         } else if (event.type === "done") {
           view.setNote("");

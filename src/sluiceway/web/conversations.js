@@ -97,7 +97,7 @@ export class ServerStore {
   }
 
   async list() {
-    const body = await this._json("GET", "conversations");
+    const body = await this._json("GET", "conversations?limit=50");
     return Array.isArray(body?.data) ? body.data : [];
   }
 

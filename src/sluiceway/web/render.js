@@ -1,12 +1,14 @@
 /**
  * Markdown into the DOM, safely and cheaply while an answer streams.
  *
- * How it works: `AnswerRenderer.append(text)` only adds text and asks for one animation frame; the
- * frame hands the whole answer to the `BlockSplitter` (markdown.js), appends the newly final blocks
- * to `.committed` once, and re-renders only the open tail (healed by `remend`, so a half-written
- * `**bold` shows bold). While the tail is an open code fence, new characters are appended to one
- * text node instead. The very first text renders at once, so time to first token never waits for a
- * frame; and reading never waits for frames, so a hidden tab catches up in one frame.
+ * How it works: `AnswerRenderer.append(text)` only adds text and asks for an animation frame (at
+ * most one render per `minFrameMs`); the frame hands the answer to the `BlockSplitter`
+ * (markdown.js), appends the newly final blocks to `.committed` once, and re-renders only the open
+ * tail (healed by `remend`, so a half-written `**bold` shows bold). While the tail is an open code
+ * fence, new characters are appended to one text node instead. A frame draws at most
+ * `maxCharsPerFrame` new characters, so a burst is spread over a few frames rather than one long
+ * task. The very first text renders at once, so time to first token never waits for a frame; and
+ * reading never waits for frames, so a hidden tab catches up when it is shown again.
  *
  * Every HTML string passes DOMPurify (no scripts, no event handler attributes, links and images only
  * to http(s)/mailto/#) before it touches the DOM, on top of markdown.js escaping raw HTML.
@@ -31,7 +33,7 @@ DOMPurify.addHook("afterSanitizeAttributes", (node) => {
 });
 
 /** Tunables of the streaming render (exposed for benchmarks). */
-export const renderOptions = { minFrameMs: 30 };
+export const renderOptions = { minFrameMs: 30, maxCharsPerFrame: 2000 };
 
 /** Sanitised DOM for a markdown string, with code blocks decorated. */
 export function renderMarkdown(src) {
@@ -187,6 +189,10 @@ export class AnswerRenderer {
     this._pendingCR = false;
     this._cursor = null;
     this._renderedAt = -Infinity;
+    this._shown = 0;
+    this._capped = false;
+    this._finishing = false;
+    this._whenFinished = [];
     this.stats = { renders: 0, renderMs: 0, maxRenderMs: 0 };
   }
 
@@ -204,48 +210,83 @@ export class AnswerRenderer {
     const first = this.text === "";
     this.text += text;
     if (first) this.render();
-    else this._frame ||= requestAnimationFrame((now) => this._onFrame(now));
+    else this._schedule();
   }
 
-  _onFrame(now) {
-    this._frame = 0;
-    if (now - this._renderedAt < renderOptions.minFrameMs) {
-      this._frame = requestAnimationFrame((later) => this._onFrame(later));
-      return;
-    }
-    this.render();
-  }
-
-  /** Render what has arrived (normally called by the animation frame). */
+  /**
+   * Render what has arrived, or at most `renderOptions.maxCharsPerFrame` more of it: a burst (a
+   * fast model, a replay after reload) is drawn over a few frames instead of in one long task.
+   */
   render() {
     cancelAnimationFrame(this._frame);
     this._frame = 0;
     const started = performance.now();
     this._renderedAt = started;
-    const step = this.splitter.push(this.text);
+    this._shown = Math.min(this.text.length, this._shown + renderOptions.maxCharsPerFrame);
+    const step = this.splitter.push(this.text.slice(0, this._shown));
     if (step.commit) this.committed.append(chunk(renderMarkdown(step.commit)));
     if (step.fence !== null) this._showFence(step.fence);
     else this._showTail(step.tail);
     this._placeCursor();
     this._measure(started);
     this.onFrame();
+    this._capped = this._shown < this.text.length; // the budget ran out: go on next frame
+    if (this._capped || this._finishing) this._schedule();
   }
 
-  /** The answer is complete (or stopped): render the rest exactly, without healing. */
+  /**
+   * The answer is complete (or stopped): once the text that arrived is drawn, render the rest
+   * exactly, without healing. Resolves when that is done.
+   */
   finish() {
+    return new Promise((resolve) => {
+      this._finishing = true;
+      this._whenFinished.push(resolve);
+      if (this._shown >= this.text.length) this._complete();
+      else this._schedule();
+    });
+  }
+
+  /** Show a whole stored answer in one render (no streaming). */
+  show(text) {
+    this.reset();
+    this.text = text;
+    this._shown = text.length;
+    if (text) this.committed.append(chunk(renderMarkdown(text)));
+    this.splitter.committed = text.length;
+    this.onFrame();
+  }
+
+  _schedule() {
+    this._frame ||= requestAnimationFrame((now) => this._onFrame(now));
+  }
+
+  _onFrame(now) {
+    this._frame = 0;
+    if (this._finishing && this._shown >= this.text.length) return this._complete();
+    if (!this._capped && now - this._renderedAt < renderOptions.minFrameMs) return this._schedule();
+    this.render();
+  }
+
+  _complete() {
     cancelAnimationFrame(this._frame);
     this._frame = 0;
     const started = performance.now();
+    const rest = this.splitter.rest(this.text);
     if (this.splitter.needsFullRender) this.committed.replaceChildren(chunk(renderMarkdown(this.text)));
-    else if (this.splitter.rest(this.text)) this.committed.append(chunk(renderMarkdown(this.splitter.rest(this.text))));
+    else if (rest) this.committed.append(chunk(renderMarkdown(rest)));
     this.splitter.committed = this.text.length;
     this.tail.replaceChildren();
     this._fence = null;
     this._shownTail = "";
     this._cursor?.classList.remove("cursor");
     this._cursor = null;
+    this._finishing = false;
     this._measure(started);
     this.onFrame();
+    const waiting = this._whenFinished;
+    this._whenFinished = [];
+    for (const resolve of waiting) resolve();
   }
 
   /** Mark the innermost element that ends the answer; CSS draws the cursor after its text. */

@@ -110,7 +110,7 @@ export function seqOf(id) {
  *
  * Options: `url` (default "/chat/stream"), `messages` or `message`, `model`, `signal`, `maxTokens`,
  * `temperature`, `conversationId`, `disconnect` ("cancel" | "finish"), `headers`, `resume` (default
- * true), `maxReconnects` (default 3), `fetch` (an alternative fetch).
+ * true), `maxReconnects` (default 5), `fetch` (an alternative fetch).
  */
 export async function* streamChat(options) {
   const { url = "/chat/stream", signal, headers = {} } = options;
@@ -240,7 +240,7 @@ function parseRetryAfter(header) {
 
 /** Read `response` to its end, reconnecting after drops; `after` is the last seq already seen. */
 async function* follow(options, response, after) {
-  const { signal, streamId, resume = true, maxReconnects = 3 } = options;
+  const { signal, streamId, resume = true, maxReconnects = 5 } = options;
   let lastSeq = after;
   let attempt = 0;
   for (;;) {
@@ -262,21 +262,26 @@ async function* follow(options, response, after) {
       if (signal?.aborted || err instanceof SluicewayError) throw err;
       failure = new SluicewayError(`connection lost: ${err?.message ?? err}`, { code: "network", streamId, cause: err });
     }
-    if (!resume || !streamId || attempt >= maxReconnects) throw failure;
-    attempt += 1;
-    await sleep(decoder.retry ?? Math.min(2000, 250 * 2 ** (attempt - 1)), signal);
-    yield { type: "reconnect", attempt, after: lastSeq };
-    response = await reconnect(options, lastSeq, failure);
+    response = null;
+    while (response === null) {
+      if (!resume || !streamId || attempt >= maxReconnects) throw failure;
+      attempt += 1;
+      await sleep(decoder.retry ?? Math.min(2000, 250 * 2 ** (attempt - 1)), signal);
+      yield { type: "reconnect", attempt, after: lastSeq };
+      response = await reconnect(options, lastSeq, failure);
+    }
   }
 }
 
+/** The resumed response, or null when the server was not reachable (yet) and trying again makes sense. */
 async function reconnect(options, after, failure) {
   const { url, fetchImpl, streamId } = options;
   try {
     return await send(fetchImpl, resumeUrl(url, streamId, after), resumeInit(options, streamId, after), streamId);
   } catch (err) {
-    if (options.signal?.aborted) throw err;
-    if (err instanceof SluicewayError && [404, 405, 501].includes(err.status)) {
+    if (options.signal?.aborted || !(err instanceof SluicewayError)) throw err;
+    if (err.code === "unreachable") return null;
+    if ([404, 405, 501].includes(err.status)) {
       failure.message += ` (the server cannot resume stream ${streamId}: ${err.message})`;
       throw failure;
     }

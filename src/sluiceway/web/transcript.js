@@ -128,6 +128,7 @@ export class AnswerView {
     this.el = element("article", "msg assistant");
     this.el.dataset.role = "assistant";
     this.el.dataset.state = "streaming";
+    this._stateCalls = 0;
     if (model) this.el.dataset.model = model;
     this.el.answerText = () => this.text;
     const bubble = element("div", "bubble");
@@ -159,14 +160,22 @@ export class AnswerView {
 
   /** Show a finished answer from history in one render. */
   show(text) {
-    this.renderer.reset();
-    this.renderer.append(text);
-    this.renderer.finish();
+    this.renderer.show(text);
   }
 
+  /**
+   * `streaming`, `done`, `stopped` or `error`. Leaving `streaming` waits until the renderer has
+   * drawn everything (a burst may still be on its way to the screen); only the newest call counts.
+   */
   setState(state) {
-    this.el.dataset.state = state;
-    if (state !== "streaming") this.renderer.finish();
+    const call = ++this._stateCalls;
+    if (state === "streaming") {
+      this.el.dataset.state = state;
+      return Promise.resolve();
+    }
+    return this.renderer.finish().then(() => {
+      if (call === this._stateCalls) this.el.dataset.state = state;
+    });
   }
 
   setStreamId(id) {

@@ -22,10 +22,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import JSONResponse, Response
 
+from sluiceway.errors import ReaderLaggedError, StreamNotFoundError
 from sluiceway.events import ErrorEvent, Finish, Usage
 from sluiceway.server.relay import parse_event_id, stream_response
 from sluiceway.server.state import AppState, StateDep
-from sluiceway.streams.errors import ReaderLaggedError, StreamNotFoundError
 from sluiceway.streams.hub import Stream
 from sluiceway.streams.log import StreamLog
 from sluiceway.wire.aisdk import UIMessageStreamEncoder
