@@ -129,6 +129,18 @@ def test_configure_logging_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert (line["message"], line["level"]) == ("hello world", "warning")
 
 
+def test_configure_logging_quiets_the_http_clients_request_lines() -> None:
+    root, client = logging.getLogger(), logging.getLogger("httpx2")
+    saved = root.handlers[:], root.level, client.level
+    try:
+        configure_logging("text", force=True)
+        assert not client.isEnabledFor(logging.INFO)  # one line per upstream request otherwise
+        assert client.isEnabledFor(logging.WARNING)
+        assert logging.getLogger("sluiceway.requests").isEnabledFor(logging.INFO)
+    finally:
+        root.handlers[:], _, _ = saved[0], root.setLevel(saved[1]), client.setLevel(saved[2])
+
+
 def test_serve_log_format_json_writes_only_json_lines(tmp_path: Path) -> None:
     config = tmp_path / "sluiceway.toml"
     config.write_text('default_model = "echo"\n[models.local]\nprovider = "echo"\n')

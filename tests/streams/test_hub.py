@@ -12,6 +12,7 @@ import pytest
 from sluiceway.errors import OverloadedError, ShuttingDownError
 from sluiceway.events import ErrorEvent, Event, Finish, TextDelta
 from sluiceway.requests import ChatRequest, Message
+from sluiceway.streams import generation
 from sluiceway.streams.hub import HubSettings, Stream, StreamHub
 from sluiceway.streams.shutdown import ShutdownSignal
 from tests.streams.polling import eventually
@@ -80,6 +81,46 @@ async def test_policy_finish_keeps_generating_without_readers(hub: StreamHub) ->
     await reader.aclose()
     await eventually(lambda: stream.finished)
     assert probe.how == "finished" and text(await read_events(stream)) == WORDS
+
+
+class BurstProvider:
+    """``count`` deltas without a pause, as when one upstream read holds many tokens."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
+        for i in range(self.count):
+            yield TextDelta(f"t{i} ")
+        yield Finish("stop")
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_the_rest_of_a_burst_waits_until_the_first_text_is_sent(
+    hub: StreamHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(generation, "FIRST_SEND_WAIT_S", 30.0)  # no timing in the assertions below
+    stream = hub.start(BurstProvider(50), ask())
+    reader = stream.read()
+    async with asyncio.timeout(10):
+        first = await anext(reader)
+    assert first is not None and [e for _, e in first] == [TextDelta("t0 ")]
+    for _ in range(20):  # the response is sending the first text: other tasks run meanwhile
+        await asyncio.sleep(0)
+    assert stream.log.last_seq == first[-1][0] and not stream.first_sent.is_set()
+    async with asyncio.timeout(10):
+        rest = [event async for batch in reader for _, event in batch or ()]
+    assert stream.first_sent.is_set()
+    assert text(rest) == "".join(f"t{i} " for i in range(1, 50))
+    assert isinstance(rest[-1], Finish) and rest[-1].reason == "stop"
+
+
+async def test_without_a_reader_a_burst_goes_on_after_a_short_wait(hub: StreamHub) -> None:
+    stream = hub.start(BurstProvider(50), ask(), policy="finish")
+    await eventually(lambda: stream.finished, within=5)
+    assert text(await read_events(stream)) == "".join(f"t{i} " for i in range(50))
 
 
 async def test_a_per_stream_grace_overrides_the_server_one(hub: StreamHub) -> None:

@@ -20,6 +20,7 @@ do echo keys back ("Incorrect API key provided: sk-...").
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
 import math
@@ -27,6 +28,7 @@ import re
 import time
 from collections.abc import Mapping
 
+import aiohttp
 import httpx2
 
 from sluiceway.errors import (
@@ -124,9 +126,23 @@ def unreachable(model: str) -> UpstreamUnavailableError:
     return UpstreamUnavailableError(f"model {model!r}: could not connect to the upstream")
 
 
+def is_timeout(exc: BaseException) -> bool:
+    """Whether a timeout-typed SDK/transport error really is a timeout.
+
+    The SDKs' aiohttp transport reports every aiohttp connection failure (refused, reset, closed) as
+    ``httpx2.ConnectTimeout``; the aiohttp error underneath says what actually happened.
+    """
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, aiohttp.ClientError):
+            return isinstance(cause, asyncio.TimeoutError)
+        cause = cause.__cause__ or cause.__context__
+    return True
+
+
 def from_transport(exc: Exception, *, model: str) -> SluicewayError:
     """The error for one of :data:`TRANSPORT_ERRORS`."""
-    if isinstance(exc, httpx2.TimeoutException):
+    if isinstance(exc, httpx2.TimeoutException) and is_timeout(exc):
         return timed_out(model)
     if isinstance(exc, httpx2.TransportError):
         return unreachable(model)

@@ -34,6 +34,8 @@ logger = logging.getLogger("sluiceway.requests")
 REQUEST_ID = "X-Request-Id"
 _VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
+QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2")
+"""HTTP client loggers held at WARNING by :func:`configure_logging` (they log every request at INFO)."""
 
 
 class RequestLogMiddleware:
@@ -156,6 +158,8 @@ def configure_logging(log_format: str, level: int = logging.INFO, *, force: bool
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    for name in QUIET_LOGGERS:  # a line per upstream request, repeating the request log, on the hot path
+        logging.getLogger(name).setLevel(max(level, logging.WARNING))
 
 
 def uvicorn_log_options(log_format: str) -> dict[str, Any]:

@@ -42,6 +42,8 @@ logger = logging.getLogger("sluiceway.streams")
 
 RETRYABLE_CODES = frozenset({"rate_limited", "upstream_unavailable", "upstream_error"})
 Candidate = tuple[ChatRequest, Provider]
+FIRST_SEND_WAIT_S = 0.02
+"""How long the rest of an answer waits for a reader to send its first text (none may be attached)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,12 +142,18 @@ async def run_generation(
     fallbacks: Sequence[Candidate] = (),
     timeouts: Timeouts | None = None,
     retry: RetryPolicy | None = None,
+    first_sent: asyncio.Event | None = None,
 ) -> None:
-    """Relay ``request`` (then its fallbacks) into ``log``; never raises except for cancellation races."""
+    """Relay ``request`` (then its fallbacks) into ``log``; never raises except for cancellation races.
+
+    ``first_sent``, set by a reader once it has handed the first text on, holds the rest of a burst
+    back until then (at most :data:`FIRST_SEND_WAIT_S`), so the first word leaves before it.
+    """
     timeouts = timeouts or Timeouts()
     try:
         await log.open()
-        await _run_chain([(request, provider), *fallbacks], log, meter, timeouts, retry or RetryPolicy())
+        chain = [(request, provider), *fallbacks]
+        await _run_chain(chain, log, meter, timeouts, retry or RetryPolicy(), first_sent)
     except asyncio.CancelledError as exc:
         _uncancel()
         await end_cancelled(log, meter, meter.cancel_reason or (exc.args[0] if exc.args else "stop"))
@@ -173,7 +181,12 @@ def _uncancel() -> None:
 
 
 async def _run_chain(
-    candidates: list[Candidate], log: StreamLog, meter: Meter, timeouts: Timeouts, retry: RetryPolicy
+    candidates: list[Candidate],
+    log: StreamLog,
+    meter: Meter,
+    timeouts: Timeouts,
+    retry: RetryPolicy,
+    first_sent: asyncio.Event | None,
 ) -> None:
     last: SluicewayError | None = None
     try:
@@ -182,7 +195,7 @@ async def _run_chain(
                 meter.model = request.model
                 for attempt in range(retry.retries + 1):
                     try:
-                        await _relay(provider, request, log, meter, timeouts, scope)
+                        await _relay(provider, request, log, meter, timeouts, scope, first_sent)
                         return
                     except SluicewayError as exc:
                         if meter.deltas or exc.code not in RETRYABLE_CODES:
@@ -224,6 +237,7 @@ async def _relay(
     meter: Meter,
     timeouts: Timeouts,
     scope: asyncio.Timeout,
+    first_sent: asyncio.Event | None = None,
 ) -> None:
     """One attempt: provider events into the log until its ``Finish`` (or its end)."""
     meter.attempts += 1
@@ -241,7 +255,7 @@ async def _relay(
             if await _record(event, log, meter):
                 return
             if meter.deltas == 1 and isinstance(event, TextDelta):
-                await asyncio.sleep(0)  # the first text leaves now, not after the burst behind it
+                await _first_text_out(first_sent)
     finally:
         if not scope.expired():
             scope.reschedule(None)
@@ -273,6 +287,16 @@ async def _record(event: Event, log: StreamLog, meter: Meter) -> bool:
     elif isinstance(event, ErrorEvent):
         raise error_from_code(event.code, event.message, event.retry_after)
     return False
+
+
+async def _first_text_out(first_sent: asyncio.Event | None) -> None:
+    """Let the first text leave now, not after the burst the provider may hold behind it."""
+    if first_sent is None:
+        await asyncio.sleep(0)
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(FIRST_SEND_WAIT_S):
+            await first_sent.wait()
 
 
 def _loop_time(deadline: float | None) -> float | None:

@@ -26,6 +26,7 @@ from functools import partial
 from typing import Literal, TypeAlias
 
 from sluiceway.errors import ShuttingDownError
+from sluiceway.events import TextDelta
 from sluiceway.providers.base import Provider
 from sluiceway.requests import ChatRequest
 from sluiceway.streams.backend import MemoryBackend, RemoteStreamInfo, StreamBackend
@@ -86,6 +87,8 @@ class Stream:
         self.readers = 0
         self.task: asyncio.Task[None] | None = None
         self.cancelled_by: str | None = None
+        self.first_sent = asyncio.Event()
+        """Set once a reader has handed the first text on (the generation waits for it, briefly)."""
         self._backend = backend
         self._grace: asyncio.Task[None] | None = None
 
@@ -106,6 +109,8 @@ class Stream:
         try:
             async for batch in self.log.read(after, idle):
                 yield batch
+                if batch and not self.first_sent.is_set() and _has_text(batch):
+                    self.first_sent.set()
         finally:
             self._detach()
 
@@ -249,6 +254,7 @@ class StreamHub:
             fallbacks=fallbacks,
             timeouts=self.settings.timeouts,
             retry=self.settings.retry,
+            first_sent=stream.first_sent,
         )
         stream.task = task = asyncio.create_task(run, name=f"sluiceway-stream-{stream_id}")
         self._tasks.add(task)
@@ -317,6 +323,8 @@ class StreamHub:
         await self.backend.aclose()
 
     async def _cancel_all(self) -> None:
+        for stream in self._streams.values():
+            stream._call_off_grace()  # no grace timer outlives the hub
         running = [s for s in self._streams.values() if s.task is not None and not s.task.done()]
         for stream in running:
             stream.cancel("shutdown")
@@ -350,3 +358,7 @@ class StreamHub:
         self._streams.pop(stream.stream_id, None)
         if stream.key is not None and self._keys.get(stream.key) == stream.stream_id:
             del self._keys[stream.key]
+
+
+def _has_text(batch: Batch) -> bool:
+    return any(isinstance(event, TextDelta) for _, event in batch)

@@ -345,13 +345,17 @@ class App {
     model ??= ui.model.value || undefined;
     const controller = new AbortController();
     const active = (this.active = { controller, view, streamId: resumeId, stopped: false });
+    const requestMs = performance.now() - sentAt;
     const message = { role: "assistant", content: "", status: "streaming", model };
     this.conversation.messages.push(message);
     const perf = (this.perf = {
       sentAt,
       firstPaintMs: null,
+      requestMs, // ms after Enter: the answer's run starts, headers in, first chunk read, drawn, painted
+      headersMs: null,
+      firstChunkMs: null,
+      firstRenderMs: null,
       tokens: 0,
-      samples: [],
       reconnects: 0,
       done: false,
       renderer: view.renderer,
@@ -374,6 +378,7 @@ class App {
           slice = performance.now();
         }
         if (event.type === "start") {
+          perf.headersMs = performance.now() - sentAt;
           active.streamId = event.streamId;
           view.setStreamId(event.streamId);
           if (event.resumed) view.renderer.reset();
@@ -384,9 +389,10 @@ class App {
           last = performance.now();
           view.append(event.text);
           perf.tokens += 1;
-          if (perf.tokens % 1000 === 0) perf.samples.push({ tokens: perf.tokens, renderMs: view.renderer.stats.renderMs });
           if (first === null) {
             first = last;
+            perf.firstChunkMs = first - sentAt;
+            perf.firstRenderMs = performance.now() - sentAt;
             view.setNote("");
             afterPaint(() => (perf.firstPaintMs = performance.now() - sentAt));
             await yieldToBrowser(); // paint the first words before reading on

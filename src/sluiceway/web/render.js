@@ -193,7 +193,8 @@ export class AnswerRenderer {
     this._capped = false;
     this._finishing = false;
     this._whenFinished = [];
-    this.stats = { renders: 0, renderMs: 0, maxRenderMs: 0 };
+    // trace: [characters drawn, render ms so far] after every render (for benchmarks)
+    this.stats = { renders: 0, renderMs: 0, maxRenderMs: 0, trace: [] };
   }
 
   /**
@@ -334,5 +335,6 @@ export class AnswerRenderer {
     this.stats.renders += 1;
     this.stats.renderMs += ms;
     if (ms > this.stats.maxRenderMs) this.stats.maxRenderMs = ms;
+    this.stats.trace.push([this._shown, this.stats.renderMs]);
   }
 }

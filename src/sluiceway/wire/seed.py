@@ -17,8 +17,9 @@ A browser client that reads only ``.text`` of each JSON object keeps working.
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import orjson
 
 from sluiceway.events import ErrorEvent, Event, Finish, TextDelta, Usage
 from sluiceway.wire.sse import PING, frame
@@ -28,8 +29,9 @@ DONE = b"data: [DONE]\n\n"
 
 
 def dumps(obj: Any) -> str:
-    """Compact JSON, UTF-8 kept as is."""
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+    """Compact JSON, UTF-8 kept as is (the same text as ``json.dumps(obj, ensure_ascii=False,
+    separators=(",", ":"))``, about ten times faster: this runs once per token)."""
+    return orjson.dumps(obj).decode()
 
 
 def error_payload(event: ErrorEvent) -> dict[str, Any]:
