@@ -59,6 +59,31 @@ def check_fields(body: Mapping[str, object], known: frozenset[str], *, where: st
         raise InvalidRequestError(f"unknown field(s): {names}")
 
 
+def text_content(content: object, where: str, *, noun: str, index: str, optional: bool = False) -> str:
+    """A message's text: a string, or the text items of a content array joined.
+
+    The protocols differ only in wording: what an item is called (``noun``: "blocks", "parts"), how
+    its place is written (``index``, a format of ``where`` and ``i``: ``"{where}.{i}"``,
+    ``"{where}[{i}]"``), and whether ``None`` reads as empty text (``optional``).
+    """
+    if content is None and optional:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = []
+        for i, item in enumerate(content):
+            if (
+                not isinstance(item, Mapping)
+                or item.get("type") != "text"
+                or not isinstance(item.get("text"), str)
+            ):
+                raise InvalidRequestError(f"{index.format(where=where, i=i)}: only text {noun} are supported")
+            texts.append(item["text"])
+        return "".join(texts)
+    raise InvalidRequestError(f"{where}: must be a string or an array of text {noun}")
+
+
 def positive_int(value: object, name: str) -> int | None:
     """``value`` if it is ``None`` or a positive integer; otherwise a 400 naming ``name``."""
     if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):

@@ -146,6 +146,9 @@ def test_interactive_chat_streams_stops_on_ctrl_c_and_goes_on(
     # Ctrl-C at the prompt quits with status 0 and saves the history.
     tmux.press("C-c")
     # tmux marks the pane dead a moment before it records the exit status: wait for both.
-    assert wait_until(lambda: tmux.dead()[0] and tmux.dead()[1] != ""), tmux.screen()
+    assert wait_until(lambda: tmux.dead()[0] and tmux.dead()[1] != ""), (
+        tmux.run("display-message", "-p", "-t", "chat", "#{pane_dead_signal}"),
+        tmux.screen(),
+    )
     assert tmux.dead() == (True, "0")
     assert "one two three" in history.read_text()

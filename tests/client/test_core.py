@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sluiceway.client._core import Accumulator, StreamCore, events_from_payload, parse_event_id
+from sluiceway.client._core import Accumulator, StreamCore, chat_core, events_from_payload, parse_event_id
 from sluiceway.client._errors import ConnectionFailedError, StreamProtocolError
 from sluiceway.client._types import HttpCall, chat_call
 from sluiceway.errors import RateLimitedError, UnknownModelError, UpstreamError
@@ -193,3 +193,9 @@ def test_clock_is_read_once_per_read_not_per_event() -> None:
     core = StreamCore(chat_call("x"), clock=clock)
     fed(core, [transcript(ANSWER)])
     assert len(calls) == 2  # the start, then one read (flush completes no event)
+
+
+def test_chat_core_starts_with_the_chat_call() -> None:
+    core = chat_core("hi", max_resumes=2, model="echo", max_tokens=5, extra={"x": 1})
+    assert core.call == chat_call("hi", model="echo", max_tokens=5, extra={"x": 1})
+    assert core.max_resumes == 2 and core.stream_id is None and core.last_seq == 0

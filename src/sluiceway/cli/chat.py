@@ -144,7 +144,10 @@ class ChatSession:
                     print(file=self.out)
                     return 0
                 if line.strip():
-                    self.turn(line)
+                    try:
+                        self.turn(line)
+                    except KeyboardInterrupt:  # Ctrl-C before the answer's own handler was set up
+                        self.dim("[stopped]")
         finally:
             save_history()
 

@@ -6,22 +6,25 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from sluiceway.client._core import StreamCore, StreamView, resume_core
+from sluiceway.client._core import StreamCore, StreamView, chat_core, resume_core
 from sluiceway.client._errors import ConnectionFailedError, error_from_response
 from sluiceway.client._sync import DEFAULT_URL
 from sluiceway.client._types import (
+    ChatOptions,
     ChatResult,
     HttpCall,
     Messages,
     cancel_call,
-    chat_call,
     client_headers,
 )
 from sluiceway.events import Event, TextDelta
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 class AsyncChatStream(StreamView):
@@ -120,30 +123,15 @@ class AsyncClient:
             base_url=base_url, timeout=httpx.Timeout(timeout), headers=client_headers(headers, api_key)
         )
 
-    def stream_chat(
-        self,
-        messages: Messages,
-        *,
-        model: str | None = None,
-        max_tokens: int | None = None,
-        system: str | None = None,
-        temperature: float | None = None,
-        conversation_id: str | None = None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> AsyncChatStream:
-        """Stream the answer to ``messages`` (a string is one user message) as events."""
-        call = chat_call(
-            messages,
-            model=model,
-            max_tokens=max_tokens,
-            system=system,
-            temperature=temperature,
-            conversation_id=conversation_id,
-            extra=extra,
-        )
-        return AsyncChatStream(self._http, StreamCore(call, max_resumes=self.max_resumes))
+    def stream_chat(self, messages: Messages, **options: Unpack[ChatOptions]) -> AsyncChatStream:
+        """Stream the answer to ``messages`` (a string is one user message) as events.
 
-    async def chat(self, messages: Messages, **options: Any) -> ChatResult:
+        ``options``: ``model``, ``max_tokens``, ``system``, ``temperature``, ``conversation_id``
+        and ``extra`` (fields merged into the request body as they are).
+        """
+        return AsyncChatStream(self._http, chat_core(messages, max_resumes=self.max_resumes, **options))
+
+    async def chat(self, messages: Messages, **options: Unpack[ChatOptions]) -> ChatResult:
         """The whole answer at once (streamed underneath); options as for :meth:`stream_chat`."""
         async with self.stream_chat(messages, **options) as stream:
             return await stream.final_result()

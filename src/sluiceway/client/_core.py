@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sluiceway.client._errors import (
     ConnectionFailedError,
@@ -27,10 +27,13 @@ from sluiceway.client._errors import (
     error_from_payload,
     error_from_response,
 )
-from sluiceway.client._types import ChatResult, HttpCall, resume_call
+from sluiceway.client._types import ChatOptions, ChatResult, HttpCall, Messages, chat_call, resume_call
 from sluiceway.errors import SluicewayError
 from sluiceway.events import Event, Finish, FinishReason, TextDelta, Usage
 from sluiceway.wire.sse import ServerSentEvent, SSEDecoder
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 Clock = Callable[[], float]
 _NOT_RESUMABLE = frozenset({404, 405, 410, 501})
@@ -240,6 +243,11 @@ class StreamView:
     def result(self) -> ChatResult:
         """The answer so far (complete once the stream ended)."""
         return self._core.result()
+
+
+def chat_core(messages: Messages, *, max_resumes: int, **options: Unpack[ChatOptions]) -> StreamCore:
+    """A core that starts by asking for a new answer to ``messages``."""
+    return StreamCore(chat_call(messages, **options), max_resumes=max_resumes)
 
 
 def resume_core(stream_id: str, after: int, *, max_resumes: int) -> StreamCore:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypedDict
 from urllib.parse import quote
 
 from sluiceway.events import Finish, FinishReason, Usage
@@ -13,6 +13,19 @@ from sluiceway.requests import Message
 MessageLike: TypeAlias = Message | Mapping[str, str]
 Messages: TypeAlias = str | Sequence[MessageLike]
 """A single user message, or the conversation as ``Message``\\ s or ``{"role", "content"}`` dicts."""
+
+
+class ChatOptions(TypedDict, total=False):
+    """The options of a chat request, as keyword arguments of ``stream_chat`` and ``chat``: which model,
+    the token limit, a system prompt, the temperature, the stored conversation to continue, and
+    ``extra`` fields merged into the body as they are."""
+
+    model: str | None
+    max_tokens: int | None
+    system: str | None
+    temperature: float | None
+    conversation_id: str | None
+    extra: Mapping[str, Any] | None
 
 
 @dataclass(frozen=True, slots=True)

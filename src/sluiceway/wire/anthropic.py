@@ -24,7 +24,7 @@ from typing import Any
 
 from sluiceway.errors import ERROR_CLASSES, InvalidRequestError
 from sluiceway.events import ErrorEvent, Event, Finish, FinishReason, TextDelta, Usage
-from sluiceway.requests import ChatRequest, Message, check_fields, make_message, make_request
+from sluiceway.requests import ChatRequest, Message, check_fields, make_message, make_request, text_content
 from sluiceway.wire.seed import SSE_HEADERS, dumps
 
 STOP_REASONS: dict[FinishReason, str] = {
@@ -124,7 +124,7 @@ def parse_request(body: object) -> MessagesParams:
         raise InvalidRequestError("messages: must be a non-empty array")
     messages: list[Message] = []
     if body.get("system") is not None:
-        messages.append(make_message("system", text_of(body["system"], "system"), where="system"))
+        messages.append(make_message("system", _text(body["system"], "system"), where="system"))
     for i, item in enumerate(raw):
         messages.append(_message(item, f"messages.{i}"))
     model = body.get("model")
@@ -149,25 +149,11 @@ def _message(raw: object, where: str) -> Message:
     role = raw.get("role")
     if role not in ("user", "assistant"):
         raise InvalidRequestError(f"{where}.role: must be 'user' or 'assistant'")
-    return make_message(role, text_of(raw.get("content"), f"{where}.content"), where=where)
+    return make_message(role, _text(raw.get("content"), f"{where}.content"), where=where)
 
 
-def text_of(content: object, where: str) -> str:
-    """Text of a ``content`` (or ``system``): a string, or text blocks joined."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for i, block in enumerate(content):
-            if (
-                not isinstance(block, Mapping)
-                or block.get("type") != "text"
-                or not isinstance(block.get("text"), str)
-            ):
-                raise InvalidRequestError(f"{where}.{i}: only text blocks are supported")
-            texts.append(block["text"])
-        return "".join(texts)
-    raise InvalidRequestError(f"{where}: must be a string or an array of text blocks")
+def _text(content: object, where: str) -> str:
+    return text_content(content, where, noun="blocks", index="{where}.{i}")
 
 
 def error_type(code: str, status: int | None = None) -> str:

@@ -30,6 +30,7 @@ from sluiceway.requests import (
     make_message,
     make_request,
     positive_int,
+    text_content,
 )
 from sluiceway.wire.seed import DONE, SSE_HEADERS, dumps
 from sluiceway.wire.sse import PING
@@ -148,27 +149,10 @@ def _message(raw: object, where: str) -> Message:
     role = raw.get("role")
     if not isinstance(role, str) or role not in ROLES:
         raise InvalidRequestError(f"{where}.role: must be one of system, developer, user, assistant")
-    return make_message(ROLES[str(role)], text_of(raw.get("content"), f"{where}.content"), where=where)
-
-
-def text_of(content: object, where: str) -> str:
-    """A message's text: a string, or the text parts of a content array joined."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for i, part in enumerate(content):
-            if (
-                not isinstance(part, Mapping)
-                or part.get("type") != "text"
-                or not isinstance(part.get("text"), str)
-            ):
-                raise InvalidRequestError(f"{where}[{i}]: only text parts are supported")
-            texts.append(part["text"])
-        return "".join(texts)
-    raise InvalidRequestError(f"{where}: must be a string or an array of text parts")
+    text = text_content(
+        raw.get("content"), f"{where}.content", noun="parts", index="{where}[{i}]", optional=True
+    )
+    return make_message(ROLES[str(role)], text, where=where)
 
 
 def error_type(code: str, status: int | None = None) -> str:

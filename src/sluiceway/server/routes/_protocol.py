@@ -1,4 +1,4 @@
-"""What every client-protocol route shares: reading the body, choosing the model, whole answers.
+"""What every client-protocol route shares: installing, reading the body, choosing the model, whole answers.
 
 How a non-streaming answer notices that its client left: once the body is read, the next ASGI
 ``receive()`` returns only at ``http.disconnect``. :func:`complete` races that against reading the
@@ -10,18 +10,30 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from fastapi import Request
+from fastapi import APIRouter, FastAPI, Request
+from starlette.responses import JSONResponse, Response
 
 from sluiceway.errors import InvalidRequestError
 from sluiceway.events import ErrorEvent, Finish, FinishReason, TextDelta, Usage
 from sluiceway.requests import ChatRequest
+from sluiceway.server.errors import ErrorShape, error_response
 from sluiceway.server.relay import collect
 from sluiceway.server.state import AppState
 from sluiceway.streams.hub import Stream
 from sluiceway.streams.log import Batch
+
+
+def install_protocol(
+    app: FastAPI, router: APIRouter, error_prefixes: Iterable[str], error_shape: ErrorShape
+) -> None:
+    """Serve ``router`` on ``app``; errors under ``error_prefixes`` take the protocol's ``error_shape``."""
+    app.include_router(router)
+    for prefix in error_prefixes:
+        app.state.error_shapes.register(prefix, error_shape)
 
 
 async def read_json(http: Request) -> Any:
@@ -85,6 +97,19 @@ async def complete(http: Request, stream: Stream) -> Answer | None:
     if collector.cancelled():
         return None
     return summarize(collector.result())
+
+
+async def answer_response(
+    http: Request, stream: Stream, body: Callable[[Answer], dict[str, Any]]
+) -> Response:
+    """The non-streaming answer: ``body(answer)`` as JSON, the error's response if the generation
+    failed, or 499 if the client disconnected first."""
+    answer = await complete(http, stream)
+    if answer is None:
+        return Response(status_code=499)
+    if answer.error is not None:
+        return error_response(answer.error, http)
+    return JSONResponse(body(answer), headers={"X-Stream-Id": stream.stream_id})
 
 
 async def _disconnected(http: Request) -> None:

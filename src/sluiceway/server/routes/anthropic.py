@@ -6,11 +6,10 @@ The ``anthropic-version`` and ``x-api-key`` headers the SDKs send are accepted a
 from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from sluiceway.server.errors import error_response
 from sluiceway.server.relay import start_stream, stream_response
-from sluiceway.server.routes._protocol import complete, read_json, resolve
+from sluiceway.server.routes._protocol import answer_response, install_protocol, read_json, resolve
 from sluiceway.server.state import StateDep
 from sluiceway.wire.anthropic import AnthropicEncoder, error_shape, message_body, parse_request
 
@@ -20,9 +19,7 @@ ERROR_PREFIXES = ("/v1/messages",)
 
 def install(app: FastAPI) -> None:
     """Serve this protocol on ``app``; errors under its paths take Anthropic's shape."""
-    app.include_router(router)
-    for prefix in ERROR_PREFIXES:
-        app.state.error_shapes.register(prefix, error_shape)
+    install_protocol(app, router, ERROR_PREFIXES, error_shape)
 
 
 @router.post(
@@ -40,12 +37,6 @@ async def messages(http: Request, state: StateDep) -> Response:
         return await stream_response(
             http, state, stream, lambda s: AnthropicEncoder(message_id, request.model)
         )
-    answer = await complete(http, stream)
-    if answer is None:
-        return Response(status_code=499)
-    if answer.error is not None:
-        return error_response(answer.error, http)
-    return JSONResponse(
-        message_body(message_id, request.model, answer.text, answer.usage, answer.finish),
-        headers={"X-Stream-Id": stream.stream_id},
+    return await answer_response(
+        http, stream, lambda a: message_body(message_id, request.model, a.text, a.usage, a.finish)
     )

@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, FastAPI, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
-from sluiceway.server.errors import error_response
 from sluiceway.server.relay import start_stream, stream_response
-from sluiceway.server.routes._protocol import complete, read_json, resolve
+from sluiceway.server.routes._protocol import answer_response, install_protocol, read_json, resolve
 from sluiceway.server.state import StateDep
 from sluiceway.wire.openai import OpenAIEncoder, completion_body, error_shape, parse_request
 
@@ -19,9 +18,7 @@ ERROR_PREFIXES = ("/v1/chat/completions", "/v1/models")
 
 def install(app: FastAPI) -> None:
     """Serve this protocol on ``app``; errors under its paths take OpenAI's shape."""
-    app.include_router(router)
-    for prefix in ERROR_PREFIXES:
-        app.state.error_shapes.register(prefix, error_shape)
+    install_protocol(app, router, ERROR_PREFIXES, error_shape)
 
 
 @router.post(
@@ -45,12 +42,8 @@ async def chat_completions(http: Request, state: StateDep) -> Response:
                 completion_id, created, request.model, include_usage=params.include_usage
             ),
         )
-    answer = await complete(http, stream)
-    if answer is None:
-        return Response(status_code=499)
-    if answer.error is not None:
-        return error_response(answer.error, http)
-    return JSONResponse(
-        completion_body(completion_id, created, request.model, answer.text, answer.usage, answer.finish),
-        headers={"X-Stream-Id": stream.stream_id},
+    return await answer_response(
+        http,
+        stream,
+        lambda a: completion_body(completion_id, created, request.model, a.text, a.usage, a.finish),
     )
