@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import anthropic
@@ -232,7 +233,11 @@ def test_no_key_in_any_response_or_log_line(session: LiveServer, captures: tuple
     assert r.json()["error"]["message"] == "internal error in the model provider"
     assert "Traceback" not in r.text and "RuntimeError" not in r.text
     r = record(httpx.get(url + f"/v1/models?api_key={WRONG_CLIENT_KEY}", headers=BEARER))
-    assert BUGGY_KEY in raw.text() and WRONG_CLIENT_KEY in raw.text()  # the filter has work to do
+    # the filter has work to do (the request log line is written as the response ends: wait for it)
+    deadline = time.monotonic() + 10
+    while not (BUGGY_KEY in raw.text() and WRONG_CLIENT_KEY in raw.text()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert BUGGY_KEY in raw.text() and WRONG_CLIENT_KEY in raw.text()
     assert "RuntimeError: could not authenticate with [redacted]" in served.text()
 
     assert leaked("\n".join(seen)) == []
