@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import httpx
 import pytest
 
 from sluiceway.providers.base import ModelConfig
-from sluiceway.server.request_log import JsonFormatter, configure_logging, summary
+from sluiceway.server.request_log import QUIET_LOGGERS, JsonFormatter, configure_logging, summary
 from tests.live import LiveServer, free_port, live_server, make_settings
 
 MODELS = {
@@ -115,30 +116,41 @@ def test_text_summary() -> None:
     assert summary(fields) == "GET /healthz 200 outcome=ok"
 
 
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """configure_logging changes process-wide state: put every piece of it back."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    quiet = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for name, old in quiet.items():
+            logging.getLogger(name).setLevel(old)
+
+
+@pytest.mark.usefixtures("restore_logging")
 def test_configure_logging_json(capsys: pytest.CaptureFixture[str]) -> None:
     root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    try:
-        configure_logging("json")  # pytest's handlers are there: nothing changes
-        assert root.handlers == saved[0]
-        configure_logging("json", force=True)
-        logging.getLogger("sluiceway.test").warning("hello %s", "world")
-    finally:
-        root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+    before = root.handlers[:]
+    configure_logging("json")  # pytest's handlers are there: nothing changes
+    assert root.handlers == before
+    configure_logging("json", force=True)
+    logging.getLogger("sluiceway.test").warning("hello %s", "world")
+    root.handlers[:] = before
     line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert (line["message"], line["level"]) == ("hello world", "warning")
 
 
+@pytest.mark.usefixtures("restore_logging")
 def test_configure_logging_quiets_the_http_clients_request_lines() -> None:
-    root, client = logging.getLogger(), logging.getLogger("httpx2")
-    saved = root.handlers[:], root.level, client.level
-    try:
-        configure_logging("text", force=True)
-        assert not client.isEnabledFor(logging.INFO)  # one line per upstream request otherwise
-        assert client.isEnabledFor(logging.WARNING)
-        assert logging.getLogger("sluiceway.requests").isEnabledFor(logging.INFO)
-    finally:
-        root.handlers[:], _, _ = saved[0], root.setLevel(saved[1]), client.setLevel(saved[2])
+    client = logging.getLogger("httpx2")
+    configure_logging("text", force=True)
+    assert not client.isEnabledFor(logging.INFO)  # one line per upstream request otherwise
+    assert client.isEnabledFor(logging.WARNING)
+    assert logging.getLogger("sluiceway.requests").isEnabledFor(logging.INFO)
 
 
 def test_serve_log_format_json_writes_only_json_lines(tmp_path: Path) -> None:
