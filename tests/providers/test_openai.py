@@ -19,7 +19,7 @@ from sluiceway.errors import (
 )
 from sluiceway.events import Event, Finish, TextDelta, Usage
 from sluiceway.providers.base import ModelConfig, Provider
-from sluiceway.providers.openai import KEYLESS_PLACEHOLDER, create
+from sluiceway.providers.openai import KEYLESS_PLACEHOLDER, _body, create
 from sluiceway.requests import ChatRequest, Message, make_request
 from sluiceway.testing import OpenAIUpstream, Script, UpstreamLog
 from tests.providers.conftest import API_KEY, KEY_ENV, Served
@@ -225,3 +225,45 @@ async def test_cancelling_the_consumer_disconnects_the_upstream(
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await disconnected(openai_upstream.log)
+
+
+async def test_the_body_is_read_from_aiohttp_not_through_the_sdk_wrappers(
+    provider: Provider, openai_upstream: OpenAIUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def not_this_way(*_: Any, **__: Any) -> AsyncIterator[bytes]:
+        raise AssertionError("iter_bytes was used")
+        yield b""
+
+    monkeypatch.setattr(openai._response.AsyncAPIResponse, "iter_bytes", not_this_way)
+    events = await collect(provider)
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "hello there world"
+
+
+@pytest.mark.parametrize(
+    ("stream", "headers"),
+    [(object(), {}), (None, {"content-encoding": "gzip"})],
+    ids=["another-transport", "compressed"],
+)
+async def test_other_bodies_go_through_the_sdk(stream: object, headers: dict[str, str]) -> None:
+    class Http:
+        def __init__(self) -> None:
+            self.headers = headers
+            self.stream = stream if stream is not None else _AiohttpLike()
+
+    class Response:
+        http_response = Http()
+
+        async def iter_bytes(self) -> AsyncIterator[bytes]:
+            yield b"data: 1\n\n"
+
+    chunks = [chunk async for chunk in _body(Response())]  # type: ignore[arg-type]
+    assert chunks == [b"data: 1\n\n"]
+
+
+class _AiohttpLike:
+    def __init__(self) -> None:
+        import aiohttp
+
+        self._aiohttp_response = type(
+            "R", (), {"content": aiohttp.StreamReader.__new__(aiohttp.StreamReader)}
+        )()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import pytest
@@ -113,6 +114,38 @@ async def test_quiet_readers_get_none_to_send_heartbeats(make_log: MakeLog) -> N
     await log.append(Finish("stop"))
     await asyncio.wait_for(task, 10)
     assert flat(got) == [(1, TextDelta("a")), (2, Finish("stop"))]
+
+
+async def test_no_heartbeat_while_events_keep_coming_then_one_after_a_quiet_spell(make_log: MakeLog) -> None:
+    log = make_log()
+    await log.open()
+    got: list[tuple[float, Batch | None]] = []
+
+    async def reader() -> None:
+        async for batch in log.read(0, idle=0.15):
+            got.append((time.monotonic(), batch))
+
+    task = asyncio.create_task(reader())
+    for i in range(20):  # 0.4 s of events 20 ms apart: more than two idle periods, never quiet
+        await log.append(TextDelta(str(i)))
+        await asyncio.sleep(0.02)
+    busy_until = time.monotonic()
+    await eventually(lambda: any(batch is None for _, batch in got))
+    await log.append(Finish("stop"))
+    await asyncio.wait_for(task, 10)
+    beats = [at for at, batch in got if batch is None]
+    assert beats and min(beats) >= busy_until  # the first heartbeat only after the events stopped
+    assert [event for _, event in flat([b for _, b in got])][-1] == Finish("stop")
+
+
+async def test_cancelling_a_waiting_reader_with_heartbeats_ends_it(make_log: MakeLog) -> None:
+    log = make_log()
+    await log.open()
+    task = asyncio.create_task(read_all(log, 0, idle=0.01))
+    await asyncio.sleep(0.05)  # a few heartbeats in
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
 
 
 async def test_the_bound_drops_the_oldest_events_and_lagging_readers_get_an_error(make_log: MakeLog) -> None:

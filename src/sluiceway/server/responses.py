@@ -6,6 +6,15 @@ Here one task sends the body while another listens for ``http.disconnect``; whic
 stops the other, and the body's ``aclose()`` runs in every case. A library under the body may
 swallow a ``CancelledError`` (redis-py 8 on Python 3.11 sometimes does), so the sender is
 cancelled again until it has stopped, or a gone client would keep a reader attached.
+
+How the body skips the middleware: every ASGI layer between the server and a route (ours in
+:mod:`sluiceway.server.middleware` and :mod:`sluiceway.server.request_log`, Starlette's error and
+exception layers, CORS) looks only at ``http.response.start``; each still wraps ``send``, which costs
+a coroutine per layer for every body message, i.e. per token. So the start goes through the layers
+and the body messages go straight to the server's own ``send``, which :class:`SluicewayApp` leaves in
+the scope under :data:`SERVER_SEND` (without it, e.g. under a test's bare ASGI call, through the
+layers). A layer that needs the body messages (compression, say) must not be added in front of
+these responses.
 """
 
 from __future__ import annotations
@@ -13,8 +22,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Mapping
 
+from fastapi import FastAPI
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
+
+SERVER_SEND = "sluiceway.server_send"
+"""Scope key of the ASGI server's ``send``, under every middleware's wrapper."""
+
+
+class SluicewayApp(FastAPI):
+    """FastAPI, keeping the server's ``send`` in the scope for :class:`EventStreamResponse` bodies."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[SERVER_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 class EventStreamResponse(Response):
@@ -35,7 +57,7 @@ class EventStreamResponse(Response):
         self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        sender = asyncio.create_task(self._send_body(send))
+        sender = asyncio.create_task(self._send_body(send, scope.get(SERVER_SEND, send)))
         listener = asyncio.create_task(_wait_disconnect(receive))
         try:
             await asyncio.wait({sender, listener}, return_when=asyncio.FIRST_COMPLETED)
@@ -43,13 +65,14 @@ class EventStreamResponse(Response):
             await asyncio.gather(_stop(sender), _stop(listener))
             await self.chunks.aclose()
 
-    async def _send_body(self, send: Send) -> None:
+    async def _send_body(self, send: Send, send_body: Send) -> None:
+        """The start through ``send`` (every layer sees it), the body through ``send_body``."""
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         try:
             async for chunk in self.chunks:
                 if chunk:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                    await send_body({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send_body({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             return
 

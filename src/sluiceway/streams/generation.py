@@ -9,10 +9,12 @@ before the first text is retried with exponential backoff (at least the ``Retry-
 upstream asked for), then the next candidate (the model's ``fallbacks``, in order) is tried. Once
 text has been logged no switch happens: the failure becomes an ``ErrorEvent``.
 
-Timeouts: one ``asyncio.timeout`` scope surrounds the whole run and is moved before every wait on the
-provider: to ``started + first_token_s`` until the first text, then to ``last text + idle_s``, never
-later than ``started + total_s``. When it fires, the provider's generator is cancelled at its current
-``await`` (so it releases its upstream) and the log gets an ``upstream_timeout`` error.
+Timeouts: one ``asyncio.timeout`` scope surrounds the whole run; the deadline is
+``started + first_token_s`` until the first text, then ``last text + idle_s``, never later than
+``started + total_s``. A :class:`_Watchdog` timer stands for it, so that a token costs no timer work:
+when the timer fires it looks at the meter, and either moves itself to the deadline as it now stands
+or, once that has passed, makes the scope fire. The provider's generator is then cancelled at its
+current ``await`` (so it releases its upstream) and the log gets an ``upstream_timeout`` error.
 
 How cancellation works: the hub records the reason on the meter (``meter.cancel_reason``) and
 cancels the task running :func:`run_generation`. The ``CancelledError`` surfaces inside the
@@ -243,11 +245,11 @@ async def _relay(
     meter.attempts += 1
     meter.usage = None
     events = provider.stream(request)
+    watchdog = _Watchdog(scope, meter, timeouts)
     try:
         while True:
             if meter.cancel_reason is not None:  # a cancel some library swallowed on the way
                 raise asyncio.CancelledError(meter.cancel_reason)
-            scope.reschedule(_loop_time(meter.deadline(timeouts)))
             try:
                 event = await anext(events)
             except StopAsyncIteration:
@@ -255,12 +257,56 @@ async def _relay(
             if await _record(event, log, meter):
                 return
             if meter.deltas == 1 and isinstance(event, TextDelta):
+                watchdog.rearm()  # from the first-token limit to the idle one, which may be sooner
                 await _first_text_out(first_sent)
     finally:
-        if not scope.expired():
-            scope.reschedule(None)
+        watchdog.close()
         await _aclose(events)
     await _end(log, meter, None, "stop")
+
+
+class _Watchdog:
+    """The generation's deadline (:meth:`Meter.deadline`), checked lazily by one timer.
+
+    Moving an ``asyncio.timeout`` before every token costs a timer-heap push and a cancel per token;
+    between tokens the deadline only moves later, so this timer is set once and, when it fires,
+    either set again for the deadline as it now stands or, once that has passed, makes ``scope`` fire
+    now (which cancels the task, and the scope turns that into ``TimeoutError``). The first text may
+    bring it closer (the idle limit replaces the first-token one): :meth:`rearm` then.
+    """
+
+    def __init__(self, scope: asyncio.Timeout, meter: Meter, timeouts: Timeouts) -> None:
+        self._scope = scope
+        self._meter = meter
+        self._timeouts = timeouts
+        self._loop = asyncio.get_running_loop()
+        self._handle: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def _arm(self) -> None:
+        deadline = self._meter.deadline(self._timeouts)
+        if deadline is None:
+            self._handle = None
+            return
+        wait = deadline - time.perf_counter()
+        if wait <= 0.0005:  # timers fire to the millisecond: close enough is due
+            self._handle = None
+            self._scope.reschedule(self._loop.time())
+            return
+        self._handle = self._loop.call_at(self._loop.time() + wait, self._arm)
+
+    def rearm(self) -> None:
+        """Set the timer again for the deadline as it stands now."""
+        if self._handle is not None:
+            self._handle.cancel()
+        self._arm()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        if not self._scope.expired():
+            self._scope.reschedule(None)
 
 
 async def _record(event: Event, log: StreamLog, meter: Meter) -> bool:
@@ -297,13 +343,6 @@ async def _first_text_out(first_sent: asyncio.Event | None) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(FIRST_SEND_WAIT_S):
             await first_sent.wait()
-
-
-def _loop_time(deadline: float | None) -> float | None:
-    """A ``perf_counter`` deadline on the event loop's clock."""
-    if deadline is None:
-        return None
-    return asyncio.get_running_loop().time() + (deadline - time.perf_counter())
 
 
 async def _aclose(events: AsyncIterator[Event]) -> None:

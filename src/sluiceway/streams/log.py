@@ -71,7 +71,7 @@ class MemoryStreamLog:
         self._first_seq = 1
         self._bytes = 0
         self._finished = False
-        self._wake = asyncio.Event()
+        self._waiters: list[asyncio.Future[None]] = []  # readers waiting for the next append
 
     @property
     def finished(self) -> bool:
@@ -115,8 +115,11 @@ class MemoryStreamLog:
             self._trim()
         if isinstance(event, Finish):
             self._finished = True
-        wake, self._wake = self._wake, asyncio.Event()
-        wake.set()
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
         return self.last_seq
 
     def _trim(self) -> None:
@@ -141,20 +144,82 @@ class MemoryStreamLog:
 
     async def read(self, after: int = 0, idle: float | None = None) -> AsyncGenerator[Batch | None, None]:
         pos = max(after, 0)
-        while True:
-            if pos < self._first_seq - 1:
-                yield lagged_batch(self.stream_id, pos, self._first_seq)
-                return
-            if pos < self.last_seq:
-                batch = self._batch(pos)
-                pos = batch[-1][0]
-                yield batch
-                continue
-            if self._finished:
-                return
-            wake = self._wake
-            try:
-                async with asyncio.timeout(idle):
-                    await wake.wait()
-            except TimeoutError:
-                yield None
+        loop = asyncio.get_running_loop()
+        quiet = _QuietTimer(loop, idle) if idle else None
+        try:
+            while True:
+                if pos < self._first_seq - 1:
+                    yield lagged_batch(self.stream_id, pos, self._first_seq)
+                    return
+                if pos < self.last_seq:
+                    batch = self._batch(pos)
+                    pos = batch[-1][0]
+                    if quiet is not None:
+                        quiet.reset()
+                    yield batch
+                    continue
+                if self._finished:
+                    return
+                waiter: asyncio.Future[None] = loop.create_future()
+                self._waiters.append(waiter)
+                if quiet is None:
+                    await waiter
+                elif not await quiet.wait(waiter):
+                    if waiter in self._waiters:
+                        self._waiters.remove(waiter)
+                    yield None
+        finally:
+            if quiet is not None:
+                quiet.close()
+
+
+class _QuietTimer:
+    """A reader's heartbeat clock: "``idle`` seconds without a batch", re-armed lazily.
+
+    A timer per wait would cost a timer-heap push and a cancel for every token; this one is moved
+    only when it fires: if the reader got a batch since, it is set again for ``idle`` seconds after
+    that batch, otherwise it ends the current wait.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, idle: float) -> None:
+        self._loop = loop
+        self._idle = idle
+        self._last = loop.time()
+        self._waiter: asyncio.Future[None] | None = None
+        self._quiet = False
+        self._handle: asyncio.TimerHandle | None = loop.call_at(self._last + idle, self._fire)
+
+    def reset(self) -> None:
+        """A batch went out: the quiet period starts again now."""
+        self._last = self._loop.time()
+
+    async def wait(self, waiter: asyncio.Future[None]) -> bool:
+        """Wait for ``waiter``; ``False`` when the quiet period ran out first (it starts again)."""
+        self._waiter = waiter
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self._quiet or (task is not None and task.cancelling()):
+                raise  # the reader itself was cancelled, not only its wait
+        finally:
+            self._waiter = None
+        if self._quiet:
+            self._quiet = False
+            self.reset()
+            return False
+        return True
+
+    def _fire(self) -> None:
+        due = self._last + self._idle
+        if due > self._loop.time() or self._waiter is None or self._waiter.done():
+            self._handle = self._loop.call_at(max(due, self._loop.time() + 0.001), self._fire)
+            return
+        self._quiet = True
+        self._waiter.cancel()
+        self._handle = self._loop.call_at(self._loop.time() + self._idle, self._fire)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
