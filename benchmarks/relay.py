@@ -2,9 +2,11 @@
 
 What runs: :mod:`mock_upstream` (raw asyncio, pre-encoded frames), ``sluiceway serve`` in its own
 process with two ``openai``-provider models pointing at the mock (``fast``: no delay, ``cadence``:
-20 ms between tokens), and LiteLLM's proxy (its own venv, 1 worker, telemetry off) with the same two
-models. :mod:`loadgen` runs in a process of its own for every measurement. All on loopback; every
-run is bounded in requests and in time.
+20 ms between tokens), LiteLLM's proxy (its own venv, 1 worker, telemetry off) with the same two
+models, and :mod:`floor_relay` (a byte-for-byte TCP relay: the least any relay in Python costs here,
+so "sluiceway vs floor" is the share of the relay's cost that is sluiceway's own).
+:mod:`loadgen` runs in a process of its own for every measurement. All on loopback; every run is
+bounded in requests and in time.
 
 Order: scenario by scenario; inside a scenario, repetition by repetition, the targets take turns,
 so machine noise hits them alike. Figures are medians over the repetitions; RSS is the highest
@@ -280,22 +282,28 @@ def table(summary: dict[str, dict[str, dict[str, Any]]], cancels: dict[str, dict
                 f"| {fmt(s['server_cpu_s'], 2)} | {fmt(s['mock_cpu_s'], 2)} "
                 f"| {fmt(s['tokens_per_cpu_s'], 0)} |"
             )
-    lines += ["", "Ratios (sluiceway against the others, same run):", ""]
+    lines += [
+        "",
+        "Ratios (sluiceway against the others, same run; the floor against direct in brackets):",
+        "",
+    ]
     lines.append(
-        "| scenario | tokens/s vs direct | tokens/s vs LiteLLM | added TTFT p50 ms | added TTFT p99 ms "
-        "| added ITL p99 ms |"
+        "| scenario | tokens/s vs direct (floor) | tokens/s vs floor | tokens/s vs LiteLLM "
+        "| added TTFT p50 ms (floor) | added TTFT p99 ms (floor) | added ITL p99 ms (floor) |"
     )
-    lines.append("|---|---:|---:|---:|---:|---:|")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|")
     for scenario, targets in summary.items():
         s, d, lite = targets.get("sluiceway"), targets.get("direct"), targets.get("litellm")
+        f = targets.get("floor")
         if s is None or d is None:
             continue
-        lines.append(
-            f"| {scenario} | {ratio(s['tokens_per_s'], d['tokens_per_s'])} "
-            f"| {ratio(s['tokens_per_s'], lite['tokens_per_s'] if lite else None)} "
-            f"| {diff(s['ttft_p50_ms'], d['ttft_p50_ms'])} | {diff(s['ttft_p99_ms'], d['ttft_p99_ms'])} "
-            f"| {diff(s['itl_p99_ms'], d['itl_p99_ms'])} |"
-        )
+        rate, floor_rate = s["tokens_per_s"], f and f["tokens_per_s"]
+        cells = [f"{ratio(rate, d['tokens_per_s'])} ({ratio(floor_rate, d['tokens_per_s'])})"]
+        cells.append(ratio(rate, floor_rate))
+        cells.append(ratio(s["tokens_per_s"], lite and lite["tokens_per_s"]))
+        for key in ("ttft_p50_ms", "ttft_p99_ms", "itl_p99_ms"):
+            cells.append(f"{diff(s[key], d[key])} ({diff(f and f[key], d[key])})")
+        lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Cancel latency (client closes after 3 tokens -> the upstream sees its connection close):",
@@ -335,7 +343,7 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3, help="repetitions per scenario (default 3)")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per max-rate run (default 3)")
     parser.add_argument("--full", action="store_true", help="LiteLLM at 1,000 and 2,000 streams too (slow)")
-    parser.add_argument("--targets", default="direct,sluiceway,litellm", help="comma-separated subset")
+    parser.add_argument("--targets", default="direct,floor,sluiceway,litellm", help="comma-separated subset")
     parser.add_argument("--only", help="run only scenarios whose name contains this text")
     parser.add_argument("--cancels", type=int, default=10, help="cancel-latency samples per target")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
@@ -358,6 +366,13 @@ def main() -> int:
         )
         wait_http(f"{mock_url}/stats", mock, 30)
         targets = {"direct": Target("direct", mock_url, mock.pid, {"fast": "mock-d0", "cadence": "mock-d20"})}
+        if "floor" in wanted:
+            port = free_port()
+            cmd = [PYTHON, str(HERE / "floor_relay.py"), "--port", str(port), "--upstream", mock_url]
+            proc = stack.enter_context(process(cmd, tmp / "floor.log"))
+            url = f"http://127.0.0.1:{port}"
+            wait_http(f"{url}/stats", proc, 30)
+            targets["floor"] = Target("floor", url, proc.pid, {"fast": "mock-d0", "cadence": "mock-d20"})
         if "sluiceway" in wanted:
             port = free_port()
             cmd = [PYTHON, "-m", "sluiceway", "serve", "--config", str(sluiceway_config(tmp, mock_url))]
@@ -413,7 +428,9 @@ def main() -> int:
     print(f"\nload average at start / end: {load[0]} / {load[1]} · took {time.monotonic() - started:.0f} s")
     command = os.environ.get("SLUICEWAY_BENCH_COMMAND") or " ".join(["benchmarks/relay.py", *sys.argv[1:]])
     notes = [
-        "direct = the mock upstream read by the load generator itself (the ceiling); "
+        "direct = the mock upstream read by the load generator itself (the ceiling); floor = "
+        "benchmarks/floor_relay.py, a byte-for-byte TCP relay in front of the mock (the least any relay in "
+        "Python costs on this machine: one read and one write per chunk, no parsing); "
         "LiteLLM at 1,000 and 2,000 streams only with `--full` (minutes per run at its rate).",
         "tokens/s counts text deltas received by the client; TTFT is from connect to the first text delta; "
         "ITL is the gap between consecutive text deltas (deltas read together count 0 ms apart).",
