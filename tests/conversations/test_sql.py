@@ -54,6 +54,12 @@ async def test_data_dir_is_created_on_first_start(tmp_path: Path) -> None:
     assert (data_dir / "sluiceway.db").is_file()
 
 
+async def test_a_data_dir_that_cannot_be_made_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    with pytest.raises(StoreUnavailableError, match="cannot open the conversation store"):
+        await open_store(database_url(tmp_path / "a-file" / "data"))
+
+
 async def test_unreachable_postgres_is_a_clear_error() -> None:
     url = database_url(url=f"postgresql://nobody:secret@127.0.0.1:{free_port()}/none")
     with pytest.raises(StoreUnavailableError, match="cannot open the conversation store") as caught:

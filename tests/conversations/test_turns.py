@@ -1,17 +1,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sluiceway.conversations import (
     Answer,
+    LazyRecorder,
     SqlConversationStore,
     StoredMessage,
     StoreUnavailableError,
     Turn,
     TurnRecorder,
+    open_conversations,
 )
 from sluiceway.conversations import turns as turns_module
 from sluiceway.errors import OverloadedError
@@ -156,3 +160,68 @@ async def test_aclose_waits_for_running_answers_then_closes_the_store(store: Sql
     answer = await _answer(reopened, turn)
     assert (answer.status, answer.content) == ("complete", "a b c d")
     await hub.aclose()
+
+
+async def test_callers_arriving_together_open_one_store(tmp_path: Path) -> None:
+    opened: list[TurnRecorder] = []
+    entered, go = asyncio.Event(), asyncio.Event()
+
+    async def open_recorder() -> TurnRecorder:
+        entered.set()
+        await go.wait()  # every caller has asked by now: they all wait for this one opening
+        recorder = await open_conversations(tmp_path, None)
+        opened.append(recorder)
+        return recorder
+
+    lazy = LazyRecorder(open_recorder)
+    callers = [asyncio.create_task(lazy.get()) for _ in range(5)]
+    await entered.wait()
+    go.set()
+    async with asyncio.timeout(20):
+        got = await asyncio.gather(*callers)
+    assert len(opened) == 1 and all(recorder is opened[0] for recorder in got)
+    assert lazy.opened and await lazy.get() is opened[0]
+    await lazy.aclose()
+
+
+async def test_nothing_is_opened_until_asked(tmp_path: Path) -> None:
+    lazy = LazyRecorder.for_settings(tmp_path / "data", None)
+    assert not lazy.opened
+    await lazy.aclose()
+    assert not (tmp_path / "data").exists()
+    with pytest.raises(StoreUnavailableError, match="shutting down"):
+        await lazy.get()
+
+
+async def test_the_store_opens_on_first_use_and_closes_with_the_recorder(tmp_path: Path) -> None:
+    lazy = LazyRecorder.for_settings(tmp_path / "data", None)
+    recorder = await lazy.get()
+    turn = await recorder.begin(None, "kept", "echo")
+    assert (tmp_path / "data" / "sluiceway.db").is_file()
+    await lazy.aclose()
+    assert not lazy.opened
+    again = await open_conversations(tmp_path / "data", None)
+    try:
+        assert (await again.store.get(turn.conversation.id)).title == "kept"
+    finally:
+        await again.aclose()
+
+
+async def test_a_store_that_cannot_open_is_unavailable_and_tried_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the data directory should be")
+    lazy = LazyRecorder.for_settings(blocker / "data", None)
+    with (
+        caplog.at_level(logging.ERROR, "sluiceway.conversations"),
+        pytest.raises(StoreUnavailableError) as caught,
+    ):
+        await lazy.get()
+    assert "blocker" not in caught.value.message  # where the database is stays in the server log
+    assert any("cannot open the conversation store" in r.getMessage() for r in caplog.records)
+    assert not lazy.opened
+    blocker.unlink()
+    recorder = await lazy.get()
+    assert (await recorder.store.page(10)).conversations == ()
+    await lazy.aclose()

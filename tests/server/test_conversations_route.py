@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -10,10 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from sluiceway.conversations import database_url, open_store
-from sluiceway.conversations.schema import messages
+from sluiceway.conversations.schema import MIGRATIONS, messages, schema_version
 from sluiceway.providers.base import ModelConfig
 from sluiceway.server.settings import Settings
 from tests.conversations.postgres import database_for
@@ -392,3 +393,40 @@ def test_each_api_key_sees_only_its_own_conversations(tmp_path: Path) -> None:
         body = {"conversation_id": mine, "message": "let me in"}
         assert httpx.post(f"{server.url}/chat/stream", json=body, headers=as_bob).status_code == 404
         assert len(httpx.get(f"{server.url}/conversations/{mine}", headers=as_alice).json()["messages"]) == 2
+
+
+def test_a_store_that_cannot_open_leaves_streaming_working(tmp_path: Path) -> None:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the data directory should be")
+    with live_server(settings_for(f"sqlite:///{blocker / 'data' / 'c.db'}")) as server:
+        _, events = chat(server, message="a b c")
+        assert events[-1]["type"] == "done"
+        listed = httpx.get(f"{server.url}/conversations")
+        assert (listed.status_code, listed.json()["error"]["code"]) == (503, "store_unavailable")
+        response, events = chat(server, conversation_id="new", message="hi")
+        assert (response.status_code, events[0]["error"]["code"]) == (503, "store_unavailable")
+        blocker.unlink()  # the next request tries again
+        assert httpx.get(f"{server.url}/conversations").json()["data"] == []
+
+
+def test_a_database_from_a_newer_sluiceway_is_refused_on_first_use(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    database = f"sqlite:///{tmp_path / 'c.db'}"
+
+    async def from_the_future() -> None:
+        store = await open_store(database_url(url=database))
+        async with store.engine.begin() as conn:
+            await conn.execute(update(schema_version).values(version=len(MIGRATIONS) + 1))
+        await store.aclose()
+
+    asyncio.run(from_the_future())
+    with (
+        caplog.at_level(logging.ERROR, "sluiceway.conversations"),
+        live_server(settings_for(database)) as server,
+    ):
+        _, events = chat(server, message="still streaming")
+        assert events[-1]["type"] == "done"
+        listed = httpx.get(f"{server.url}/conversations")
+        assert (listed.status_code, listed.json()["error"]["code"]) == (503, "store_unavailable")
+    assert any("upgrade" in r.getMessage() for r in caplog.records)

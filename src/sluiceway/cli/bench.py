@@ -23,12 +23,13 @@ import time
 from collections import Counter
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, TypeAlias
-
-import httpx
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from sluiceway.cli.chat import add_api_key, positive_int
 from sluiceway.client._types import client_headers
+
+if TYPE_CHECKING:  # imported where used: ``sluiceway serve`` loads this module but needs no HTTP client
+    import httpx
 
 Protocol: TypeAlias = Literal["seed", "openai"]
 DEFAULT_PROMPT = " ".join(["The quick brown fox jumps over the lazy dog."] * 4)
@@ -168,6 +169,8 @@ class Report:
 
 async def one_request(http: httpx.AsyncClient, wire: Wire, body: bytes) -> Sample:
     """Send one streaming request and scan its answer."""
+    import httpx
+
     started = time.perf_counter()
     scanner = Scanner(wire)
     ttft: float | None = None
@@ -223,6 +226,8 @@ def http_clients(config: BenchConfig, connections: int) -> list[httpx.AsyncClien
     request grows with the pool: measured at 400 streams x 1,200 echo requests, one pool of 400 took
     ~7.6 s of CPU, pools of 50 5.5 s, pools of 10 (or 1) 4.1 s. The clients share one TLS context
     (building one per client is slow)."""
+    import httpx
+
     tls = ssl.create_default_context()
     timeout = httpx.Timeout(config.timeout_s, pool=None)
     clients = []
@@ -299,6 +304,8 @@ def format_report(report: Report) -> str:
 
 def is_loopback(url: str) -> bool:
     """Whether ``url`` names this machine (``localhost``, 127.0.0.0/8 or ::1)."""
+    import httpx
+
     host = httpx.URL(url).host
     if host == "localhost" or host.endswith(".localhost"):
         return True
@@ -364,6 +371,8 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Check the flags, run the load, print the report."""
+    import httpx
+
     try:
         loopback = is_loopback(args.url)
     except httpx.InvalidURL as exc:

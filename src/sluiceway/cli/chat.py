@@ -16,11 +16,14 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from sluiceway.client import DEFAULT_URL, ChatResult, Client
+from sluiceway.client._types import DEFAULT_URL, ChatResult
 from sluiceway.errors import SluicewayError
 from sluiceway.events import Event, TextDelta
+
+if TYPE_CHECKING:
+    from sluiceway.client import Client
 
 PROMPT = "you> "
 EXAMPLES = """\
@@ -98,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
         return usage_error(f"--url must start with http:// or https://, got {args.url!r}")
     if args.system is not None and args.conversation is not None:
         return usage_error("--system cannot be combined with --conversation (the server keeps its history)")
+    from sluiceway.client import Client  # httpx: imported by the commands that talk HTTP, not by serve
+
     with Client(args.url, api_key=args.api_key) as client:
         session = ChatSession(client, args, sys.stdout, sys.stderr)
         if prompt is not None:

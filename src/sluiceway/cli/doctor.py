@@ -19,15 +19,18 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, TypeAlias
-
-import httpx
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from sluiceway.cli.chat import add_api_key, positive_int
-from sluiceway.client import Client, SluicewayError
 from sluiceway.client._core import parse_event_id
 from sluiceway.client._types import client_headers
+from sluiceway.errors import SluicewayError
 from sluiceway.wire.sse import SSEDecoder
+
+if TYPE_CHECKING:  # imported where used: ``sluiceway serve`` loads this module but needs no HTTP client
+    import httpx
+
+    from sluiceway.client import Client
 
 Status: TypeAlias = Literal["ok", "fail", "warn", "skip"]
 WORDS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliett")
@@ -212,6 +215,10 @@ def diagnose(
     url: str, model: str, words: int, heartbeat_wait: float, timeout: float, api_key: str | None = None
 ) -> list[Check]:
     """Run every check against ``url``; stop early when the server cannot be reached."""
+    import httpx
+
+    from sluiceway.client import Client
+
     headers = client_headers(None, api_key)
     with (
         httpx.Client(base_url=url, timeout=timeout, headers=headers) as http,

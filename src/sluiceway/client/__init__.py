@@ -13,14 +13,29 @@
 :class:`AsyncClient` is the same with ``async``/``await``. Errors are the server's own
 :class:`~sluiceway.errors.SluicewayError` subclasses (by their code), plus
 :class:`ConnectionFailedError` and :class:`StreamProtocolError`.
+
+The clients (and httpx under them) load on first access, so importing this package, or a module of
+it, costs a process that never talks HTTP (``sluiceway serve`` loads the CLI) next to nothing.
 """
 
-from sluiceway.client._async import AsyncChatStream, AsyncClient
+import typing as _typing
+from importlib import import_module as _import_module
+
 from sluiceway.client._errors import ConnectionFailedError, StreamProtocolError
-from sluiceway.client._sync import DEFAULT_URL, ChatStream, Client
-from sluiceway.client._types import ChatResult, Messages
+from sluiceway.client._types import DEFAULT_URL, ChatResult, Messages
 from sluiceway.errors import SluicewayError
 from sluiceway.events import ErrorEvent, Event, Finish, TextDelta, Usage
+
+if _typing.TYPE_CHECKING:
+    from sluiceway.client._async import AsyncChatStream, AsyncClient
+    from sluiceway.client._sync import ChatStream, Client
+
+_LAZY = {
+    "AsyncChatStream": "sluiceway.client._async",
+    "AsyncClient": "sluiceway.client._async",
+    "ChatStream": "sluiceway.client._sync",
+    "Client": "sluiceway.client._sync",
+}
 
 __all__ = [
     "DEFAULT_URL",
@@ -39,3 +54,17 @@ __all__ = [
     "TextDelta",
     "Usage",
 ]
+
+
+def __getattr__(name: str) -> _typing.Any:
+    """Import the HTTP clients on first access (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

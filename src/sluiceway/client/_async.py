@@ -12,8 +12,8 @@ import httpx
 
 from sluiceway.client._core import StreamCore, StreamView, chat_core, resume_core
 from sluiceway.client._errors import ConnectionFailedError, error_from_response
-from sluiceway.client._sync import DEFAULT_URL
 from sluiceway.client._types import (
+    DEFAULT_URL,
     ChatOptions,
     ChatResult,
     HttpCall,

@@ -13,6 +13,7 @@ import httpx
 from sluiceway.client._core import StreamCore, StreamView, chat_core, resume_core
 from sluiceway.client._errors import ConnectionFailedError, error_from_response
 from sluiceway.client._types import (
+    DEFAULT_URL,
     ChatOptions,
     ChatResult,
     HttpCall,
@@ -24,8 +25,6 @@ from sluiceway.events import Event, TextDelta
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
-
-DEFAULT_URL = "http://127.0.0.1:8000"
 
 
 class ChatStream(StreamView):

@@ -10,6 +10,8 @@ from urllib.parse import quote
 from sluiceway.events import Finish, FinishReason, Usage
 from sluiceway.requests import Message
 
+DEFAULT_URL = "http://127.0.0.1:8000"
+
 MessageLike: TypeAlias = Message | Mapping[str, str]
 Messages: TypeAlias = str | Sequence[MessageLike]
 """A single user message, or the conversation as ``Message``\\ s or ``{"role", "content"}`` dicts."""

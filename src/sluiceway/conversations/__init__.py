@@ -1,7 +1,12 @@
 """Conversations that survive restarts: every question and answer, stored as the generation ends.
 
 SQLite in the data directory by default, PostgreSQL for several instances; see docs/conversations.md.
+Importing this package does not import SQLAlchemy: the names that need it (the SQL store, the
+migrations' error) load on first access, so a server that stores no conversation never pays for them.
 """
+
+import typing as _typing
+from importlib import import_module as _import_module
 
 from sluiceway.conversations.records import (
     Answer,
@@ -14,11 +19,21 @@ from sluiceway.conversations.records import (
     answer_from_events,
     derive_title,
 )
-from sluiceway.conversations.schema import SchemaTooNewError
-from sluiceway.conversations.sql import SqlConversationStore, database_url, default_data_dir, open_store
 from sluiceway.conversations.store import ConversationStore
-from sluiceway.conversations.turns import TurnRecorder, open_conversations
+from sluiceway.conversations.turns import LazyRecorder, TurnRecorder, open_conversations
 from sluiceway.errors import ConversationNotFoundError, StoreUnavailableError
+
+if _typing.TYPE_CHECKING:
+    from sluiceway.conversations.schema import SchemaTooNewError
+    from sluiceway.conversations.sql import SqlConversationStore, database_url, default_data_dir, open_store
+
+_LAZY = {
+    "SchemaTooNewError": "sluiceway.conversations.schema",
+    "SqlConversationStore": "sluiceway.conversations.sql",
+    "database_url": "sluiceway.conversations.sql",
+    "default_data_dir": "sluiceway.conversations.sql",
+    "open_store": "sluiceway.conversations.sql",
+}
 
 __all__ = [
     "Answer",
@@ -27,6 +42,7 @@ __all__ = [
     "ConversationNotFoundError",
     "ConversationPage",
     "ConversationStore",
+    "LazyRecorder",
     "MessageStatus",
     "SchemaTooNewError",
     "SqlConversationStore",
@@ -41,3 +57,17 @@ __all__ = [
     "open_conversations",
     "open_store",
 ]
+
+
+def __getattr__(name: str) -> _typing.Any:
+    """Import the SQLAlchemy-backed names on first access (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -85,6 +85,8 @@ async def open_store(url: str) -> SqlConversationStore:
         raise ModuleNotFoundError(
             f"{exc}; PostgreSQL needs asyncpg: pip install 'sluiceway[postgres]'", name=exc.name
         ) from exc
+    except OSError as exc:  # the SQLite file's directory cannot be made
+        raise StoreUnavailableError(f"cannot open the conversation store {redacted(url)}: {exc}") from exc
     try:
         async with engine.begin() as conn:
             await conn.run_sync(migrate)

@@ -10,16 +10,19 @@ without logging a ``Finish``, the text read so far is written as an ``internal``
 
 Shutdown order matters: the hub cancels its generations first (each logs its end), then
 :meth:`TurnRecorder.aclose` waits for the pending writes and closes the store.
+
+The server opens the store on first use (:class:`LazyRecorder`): SQLAlchemy and its driver cost a
+process about 18 MB, which a gateway that never stores a conversation should not pay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from sluiceway.conversations.records import Answer, Turn, answer_from_events
-from sluiceway.conversations.sql import database_url, open_store
 from sluiceway.conversations.store import ConversationStore
 from sluiceway.errors import SluicewayError, StoreUnavailableError
 from sluiceway.events import Event
@@ -129,4 +132,60 @@ async def _read_all(log: StreamLog, into: list[Event]) -> None:
 
 async def open_conversations(data_dir: str | Path | None, url: str | None) -> TurnRecorder:
     """The recorder over the store the settings name: ``url`` (PostgreSQL), else SQLite in ``data_dir``."""
+    from sluiceway.conversations.sql import database_url, open_store  # SQLAlchemy: only when opened
+
     return TurnRecorder(await open_store(database_url(data_dir, url)))
+
+
+class LazyRecorder:
+    """The :class:`TurnRecorder`, opened by the first caller that needs it.
+
+    Callers arriving together while it opens wait for that one opening. A failure to open (database
+    unreachable, schema too new, driver missing) is logged with its cause and raised as
+    :class:`~sluiceway.errors.StoreUnavailableError` (no database address in it); the next caller tries
+    again. After :meth:`aclose`, callers get that error too.
+    """
+
+    def __init__(self, open_recorder: Callable[[], Awaitable[TurnRecorder]]) -> None:
+        self._open_recorder = open_recorder
+        self._recorder: TurnRecorder | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    @classmethod
+    def for_settings(cls, data_dir: str | Path | None, url: str | None) -> LazyRecorder:
+        """Open the store the settings name (see :func:`open_conversations`) when first needed."""
+        return cls(lambda: open_conversations(data_dir, url))
+
+    @property
+    def opened(self) -> bool:
+        """Whether the store has been opened (and not closed since)."""
+        return self._recorder is not None
+
+    async def get(self) -> TurnRecorder:
+        """The recorder, opening its store if nobody has yet."""
+        if self._recorder is not None:
+            return self._recorder
+        async with self._lock:
+            if self._closed:
+                raise StoreUnavailableError("the conversation store is closed: the server is shutting down")
+            if self._recorder is None:
+                self._recorder = await self._open()
+            return self._recorder
+
+    async def aclose(self) -> None:
+        """Close the recorder if it was opened (waiting for an opening under way)."""
+        async with self._lock:
+            self._closed = True
+            recorder, self._recorder = self._recorder, None
+        if recorder is not None:
+            await recorder.aclose()
+
+    async def _open(self) -> TurnRecorder:
+        try:
+            return await self._open_recorder()
+        except Exception as exc:
+            logger.error("cannot open the conversation store: %s", exc, exc_info=exc)
+            raise StoreUnavailableError(
+                "the conversation store could not be opened (the server log says why); try again"
+            ) from exc

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from sluiceway.conversations import open_conversations
+from sluiceway.conversations import LazyRecorder
 from sluiceway.providers.registry import ProviderRegistry
 from sluiceway.server.errors import ErrorShapes, install_handlers
 from sluiceway.server.metrics import Metrics
@@ -16,6 +16,7 @@ from sluiceway.server.models import ModelSet
 from sluiceway.server.openapi import document_errors
 from sluiceway.server.relay import open_hub
 from sluiceway.server.request_log import RequestLogMiddleware
+from sluiceway.server.responses import SluicewayApp
 from sluiceway.server.routes import (
     aisdk,
     anthropic,
@@ -45,7 +46,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        recorder = await open_conversations(settings.data_dir, settings.database_url)
+        recorder = LazyRecorder.for_settings(settings.data_dir, settings.database_url)  # opened on first use
         app.state.conversations = recorder
         if not models.providers:
             models.load()
@@ -59,7 +60,7 @@ def create_app(
             await recorder.aclose()  # after the hub: cancelled answers are recorded first
             await models.aclose()
 
-    app = FastAPI(title="sluiceway", version="0.1.0", lifespan=lifespan)
+    app = SluicewayApp(title="sluiceway", version="0.1.0", lifespan=lifespan)
     app.state.models = models
     app.state.error_shapes = ErrorShapes()
     app.state.metrics = Metrics.for_settings(settings)

@@ -34,9 +34,14 @@ class SluicewayApp(FastAPI):
     """FastAPI, keeping the server's ``send`` in the scope for :class:`EventStreamResponse` bodies."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            scope[SERVER_SEND] = send
-        await super().__call__(scope, receive, send)
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        scope[SERVER_SEND] = send
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            del scope[SERVER_SEND]  # uvicorn's send is bound to the request that holds this scope: no cycle
 
 
 class EventStreamResponse(Response):

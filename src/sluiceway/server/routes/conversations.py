@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
-from sluiceway.conversations import Conversation, StoredMessage, Turn, TurnRecorder
+from sluiceway.conversations import Conversation, LazyRecorder, StoredMessage, Turn, TurnRecorder
 from sluiceway.errors import InvalidRequestError, SluicewayError
 from sluiceway.requests import Message
 from sluiceway.server.auth import current_key
@@ -46,10 +46,11 @@ def caller() -> str | None:
     return key.name if key is not None else None
 
 
-def get_recorder(request: Request) -> TurnRecorder:
-    """FastAPI dependency: this app's conversation recorder (and, through it, the store)."""
-    recorder: TurnRecorder = request.app.state.conversations
-    return recorder
+async def get_recorder(request: Request) -> TurnRecorder:
+    """FastAPI dependency: this app's conversation recorder (and, through it, the store), which the
+    first request that needs it opens (``store_unavailable`` if it cannot)."""
+    conversations: LazyRecorder = request.app.state.conversations
+    return await conversations.get()
 
 
 RecorderDep = Annotated[TurnRecorder, Depends(get_recorder)]
@@ -108,13 +109,14 @@ async def begin_turn(http: Request, conversation_id: str, new: list[Message], mo
             "with conversation_id, send only the new user message ('message'); the history is stored"
         )
     target = None if conversation_id == NEW else conversation_id
-    return await get_recorder(http).begin(target, new[0].content, model, owner=caller())
+    recorder = await get_recorder(http)
+    return await recorder.begin(target, new[0].content, model, owner=caller())
 
 
 async def start_turn(http: Request, turn: Turn, start: Callable[[], Stream]) -> Stream:
     """Start generating the answer of ``turn`` with ``start`` (e.g. a ``start_stream`` partial) and
     record the answer when it ends; a failure to start is recorded too, then raised."""
-    recorder = get_recorder(http)
+    recorder = await get_recorder(http)
     try:
         stream = start()
     except SluicewayError as exc:
