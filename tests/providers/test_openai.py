@@ -71,6 +71,7 @@ async def test_sends_model_messages_limits_and_key(
     [seen] = openai_upstream.log.requests
     assert seen.path == "/v1/chat/completions"
     assert seen.headers["authorization"] == f"Bearer {API_KEY}"
+    assert seen.headers["content-type"] == "application/json"  # the body goes as bytes (``content``)
     assert seen.body == {
         "model": "mock-model",
         "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "a b c"}],
