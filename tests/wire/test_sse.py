@@ -88,3 +88,48 @@ def test_roundtrip() -> None:
     payloads = ["a", "multi\nline", "", "ünïcode 🙂"]
     raw = b"".join(frame(p, id=str(i)) for i, p in enumerate(payloads))
     assert [e.data for e in decode_all(raw)] == payloads
+
+
+def data_by_feed(*chunks: bytes) -> tuple[list[str], str | None, int | None]:
+    decoder = SSEDecoder()
+    found = [event.data for chunk in chunks for event in decoder.feed(chunk)]
+    return found, decoder.last_event_id, decoder.retry
+
+
+def data_by_feed_data(*chunks: bytes) -> tuple[list[str], str | None, int | None]:
+    decoder = SSEDecoder()
+    found = [data for chunk in chunks for data in decoder.feed_data(chunk)]
+    return found, decoder.last_event_id, decoder.retry
+
+
+OPENAI_LIKE = (
+    b'data: {"a":1}\n\ndata: {"b":"\xe4\xbd\xa0"}\n\n: keep-alive\n\n'
+    b"data: x\ndata: y\n\n\n\nid: 7\ndata: z\n\nretry: 5\ndata:nospace\n\nevent: e\ndata: w\n\n"
+    b"data: [DONE]\n\n"
+)
+FEED_DATA_CASES = [STREAM, OPENAI_LIKE, OPENAI_LIKE.replace(b"\n", b"\r\n"), b"data: a\n\ndata: b"]
+
+
+@pytest.mark.parametrize("raw", FEED_DATA_CASES, ids=["mixed", "openai-like", "crlf", "unterminated"])
+def test_feed_data_is_the_data_of_feed_at_every_split_point(raw: bytes) -> None:
+    for split in range(len(raw) + 1):
+        assert data_by_feed_data(raw[:split], raw[split:]) == data_by_feed(raw[:split], raw[split:]), split
+    for first in range(0, len(raw) + 1, 3):  # and pairs of split points
+        for second in range(first, len(raw) + 1, 5):
+            parts = (raw[:first], raw[first:second], raw[second:])
+            assert data_by_feed_data(*parts) == data_by_feed(*parts), (first, second)
+
+
+def test_feed_data_byte_by_byte_and_whole() -> None:
+    for raw in FEED_DATA_CASES:
+        assert data_by_feed_data(*(raw[i : i + 1] for i in range(len(raw)))) == data_by_feed(raw)
+        assert data_by_feed_data(raw) == data_by_feed(raw)
+    assert data_by_feed_data(OPENAI_LIKE)[0] == [
+        '{"a":1}',
+        '{"b":"你"}',
+        "x\ny",
+        "z",
+        "nospace",
+        "w",
+        "[DONE]",
+    ]

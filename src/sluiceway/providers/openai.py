@@ -115,11 +115,11 @@ class OpenAIProvider:
         async for raw in _body(response):
             if done:
                 continue
-            for event in decoder.feed(raw):
-                if event.data.startswith("[DONE]"):
+            for data in decoder.feed_data(raw):
+                if data.startswith("[DONE]"):
                     done = True
                     break
-                chunk = orjson.loads(event.data)
+                chunk = orjson.loads(data)
                 if isinstance(chunk, dict) and chunk.get("error"):
                     raise _sdk_errors.from_stream_error(chunk["error"], model=self.name, secret=self._api_key)
                 if isinstance(chunk, dict):
