@@ -14,6 +14,7 @@ import base64
 import binascii
 import logging
 import secrets
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -121,9 +122,35 @@ def make_engine(address: str) -> AsyncEngine:
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON"):
-        cursor.execute(f"PRAGMA {pragma}")
-    cursor.close()
+    try:
+        _enable_wal(cursor)
+        for pragma in ("synchronous=NORMAL", "foreign_keys=ON"):
+            cursor.execute(f"PRAGMA {pragma}")
+    finally:
+        cursor.close()
+
+
+def _enable_wal(cursor: Any, within_s: float = 30.0) -> None:
+    """Switch the file to WAL, giving way while another connection holds a lock.
+
+    The first switch of a new file needs an exclusive lock. Waiting for it inside SQLite's busy
+    handler can deadlock with a connection that is migrating (it waits for this one's shared lock to
+    go, this one waits for its write lock), so the switch is tried with a short busy timeout and
+    retried, releasing the shared lock in between, for up to ``within_s`` seconds.
+    """
+    cursor.execute("PRAGMA busy_timeout=50")
+    deadline = time.monotonic() + within_s
+    try:
+        while True:
+            try:
+                cursor.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)  # the aiosqlite worker thread, not the event loop
+    finally:
+        cursor.execute(f"PRAGMA busy_timeout={int(within_s * 1000)}")
 
 
 def _sqlite_begin(conn: Any) -> None:
