@@ -19,8 +19,8 @@ it, costs a process that never talks HTTP (``sluiceway serve`` loads the CLI) ne
 """
 
 import typing as _typing
-from importlib import import_module as _import_module
 
+from sluiceway._lazy import lazy_exports as _lazy_exports
 from sluiceway.client._errors import ConnectionFailedError, StreamProtocolError
 from sluiceway.client._types import DEFAULT_URL, ChatResult, Messages
 from sluiceway.errors import SluicewayError
@@ -56,15 +56,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> _typing.Any:
-    """Import the HTTP clients on first access (PEP 562)."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = _lazy_exports(__name__, _LAZY)

@@ -6,8 +6,8 @@ migrations' error) load on first access, so a server that stores no conversation
 """
 
 import typing as _typing
-from importlib import import_module as _import_module
 
+from sluiceway._lazy import lazy_exports as _lazy_exports
 from sluiceway.conversations.records import (
     Answer,
     AnswerStatus,
@@ -59,15 +59,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> _typing.Any:
-    """Import the SQLAlchemy-backed names on first access (PEP 562)."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = _lazy_exports(__name__, _LAZY)
