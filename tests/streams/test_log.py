@@ -244,3 +244,46 @@ async def test_redis_keys_expire_after_retention_once_finished(redis_srv: RedisS
     finally:
         await client.delete("ttl:ttl:log", "ttl:ttl:meta", "ttl:key:k")
         await client.aclose()
+
+
+async def test_memory_log_holds_texts_out_of_the_collectors_reach() -> None:
+    """A retained log holds every token of its stream: as plain strings, which the garbage
+    collector does not track, so full collections do not walk them; they read back as deltas."""
+    import gc
+
+    log = MemoryStreamLog("s1")
+    texts = [f"tok{i} " for i in range(5000)]
+    gc.collect()
+    before = len(gc.get_objects())
+    for text in texts:
+        log.append_nowait(TextDelta(text))
+    log.append_nowait(Finish("stop"))
+    gc.collect()
+    assert len(gc.get_objects()) - before < 50  # not one tracked object per token
+    assert log.events[:3] == [TextDelta("tok0 "), TextDelta("tok1 "), TextDelta("tok2 ")]
+    read = [event async for batch in log.read(4990) for _, event in batch or ()]
+    assert read == [*(TextDelta(t) for t in texts[4990:]), Finish("stop")]
+
+
+async def test_a_finished_memory_log_reads_back_every_event_it_held() -> None:
+    """Compacted at its finish, the log still gives every held event, in order, from any point."""
+    tail: list[Event] = [
+        TextDelta("é🙂"),
+        TextDelta(""),
+        TextDelta("x" * 300),
+        ErrorEvent("upstream_error", "it broke"),
+        Usage(3, 5),
+        Finish("error"),
+    ]
+    log = MemoryStreamLog("s1", max_bytes=EVENT_OVERHEAD * 6 + 310)  # the first events are dropped
+    for event in [Usage(1, 1), *(TextDelta(f"t{i}") for i in range(20)), *tail]:
+        log.append_nowait(event)
+    assert log.finished
+    assert log.events == tail
+    first = log.first_seq
+    assert log.last_seq == first + len(tail) - 1
+    for after in range(first - 1, log.last_seq + 1):
+        read = [pair async for batch in log.read(after) for pair in batch or ()]
+        assert read == [(first + i, event) for i, event in enumerate(tail)][after - first + 1 :]
+    lagged = [pair async for batch in log.read(first - 2) for pair in batch or ()]
+    assert lagged[0][1].code == "reader_lagged"  # type: ignore[union-attr]

@@ -15,11 +15,12 @@ nothing while they wait: they hold a position, never a copy of the log.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from array import array
+from collections.abc import AsyncGenerator, Sequence
 from typing import Protocol
 
 from sluiceway.errors import ReaderLaggedError
-from sluiceway.events import Event, Finish
+from sluiceway.events import Event, Finish, TextDelta
 from sluiceway.streams.codec import event_size
 
 Batch = list[tuple[int, Event]]
@@ -60,12 +61,20 @@ def lagged_batch(stream_id: str, after: int, first_seq: int) -> Batch:
 
 
 class MemoryStreamLog:
-    """The in-process log: a list with a moving start, and a wake-up event replaced on every append."""
+    """The in-process log: a list with a moving start; readers wait on futures made when they wait.
+
+    While the stream runs, readers get the very objects the generation appended. Once it has
+    finished, the log is compacted (:class:`_Finished`): it is kept for ``retention_s`` so that
+    clients can resume, and as one object per token it cost ≈ 70 bytes a token and made every full
+    garbage collection walk each of them (millions, at the default retention; docs/benchmarks.md,
+    "Garbage collection").
+    """
 
     def __init__(self, stream_id: str, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.stream_id = stream_id
         self.max_bytes = max_bytes
         self._events: list[Event | None] = []  # None: dropped by the bound, not yet compacted away
+        self._done: _Finished | None = None  # the events, once compacted at the finish
         self._sizes: list[int] = []
         self._start = 0  # index in _events of the oldest event held
         self._first_seq = 1
@@ -80,7 +89,7 @@ class MemoryStreamLog:
     @property
     def events(self) -> list[Event]:
         """The events still held, oldest first (all of them unless the bound dropped some)."""
-        return [event for event in self._events[self._start :] if event is not None]
+        return [event for event in self._held()[self._start :] if event is not None]
 
     @property
     def first_seq(self) -> int:
@@ -90,7 +99,7 @@ class MemoryStreamLog:
     @property
     def last_seq(self) -> int:
         """The sequence number of the newest event (0 before the first)."""
-        return self._first_seq + len(self._events) - self._start - 1
+        return self._first_seq + len(self._held()) - self._start - 1
 
     @property
     def held_bytes(self) -> int:
@@ -115,6 +124,10 @@ class MemoryStreamLog:
             self._trim()
         if isinstance(event, Finish):
             self._finished = True
+            self._done = _Finished(self._events[self._start :])
+            self._events = []
+            del self._sizes[: self._start]
+            self._start = 0
         if self._waiters:
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:
@@ -133,14 +146,17 @@ class MemoryStreamLog:
             del self._sizes[: self._start]
             self._start = 0
 
+    def _held(self) -> list[Event | None] | _Finished:
+        return self._events if self._done is None else self._done
+
     def _batch(self, after: int) -> Batch:
         index = self._start + after + 1 - self._first_seq
-        end, total = index, 0
-        while end < len(self._events) and (total < BATCH_BYTES or end == index):
+        end, total, count = index, 0, len(self._sizes)
+        while end < count and (total < BATCH_BYTES or end == index):
             total += self._sizes[end]
             end += 1
-        first = after + 1
-        return [(first + i, event) for i, event in enumerate(self._events[index:end]) if event is not None]
+        held = self._held()[index:end]
+        return [(after + 1 + i, event) for i, event in enumerate(held) if event is not None]
 
     async def read(self, after: int = 0, idle: float | None = None) -> AsyncGenerator[Batch | None, None]:
         pos = max(after, 0)
@@ -171,6 +187,44 @@ class MemoryStreamLog:
         finally:
             if quiet is not None:
                 quiet.close()
+
+
+class _Finished:
+    """A finished log's events, compact: the texts of all its deltas in one string with where each
+    one ends (8 bytes a token, and nothing for the garbage collector to walk), and the few other
+    events by position. A slice rebuilds the events it covers."""
+
+    __slots__ = ("_ends", "_others", "_text")
+
+    def __init__(self, events: Sequence[Event | None]) -> None:
+        parts: list[str] = []
+        ends = array("Q")
+        others: dict[int, Event] = {}
+        end = 0
+        for index, event in enumerate(events):
+            if type(event) is TextDelta:
+                parts.append(event.text)
+                end += len(event.text)
+            elif event is not None:
+                others[index] = event
+            ends.append(end)
+        self._text = "".join(parts)
+        self._ends = ends
+        self._others = others
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, where: slice) -> list[Event]:
+        start, stop, _ = where.indices(len(self._ends))
+        events: list[Event] = []
+        begin = self._ends[start - 1] if start else 0
+        for index in range(start, stop):
+            end = self._ends[index]
+            other = self._others.get(index)
+            events.append(TextDelta(self._text[begin:end]) if other is None else other)
+            begin = end
+        return events
 
 
 class _QuietTimer:

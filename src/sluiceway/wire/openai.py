@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from sluiceway.errors import ERROR_CLASSES, InvalidRequestError
 from sluiceway.events import ErrorEvent, Event, Finish, FinishReason, TextDelta, Usage
 from sluiceway.requests import (
@@ -210,6 +212,10 @@ def completion_body(
     }
 
 
+_TEXT_TAIL = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+"""What follows a token's text in its chunk (the head before it is rendered once per stream)."""
+
+
 class OpenAIEncoder:
     """Encoder for ``chat.completion.chunk`` SSE; one per response.
 
@@ -225,6 +231,7 @@ class OpenAIEncoder:
             {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
         )
         self._head = "data: " + head[:-1] + ',"choices":'
+        self._text_head = (self._head + '[{"index":0,"delta":{"content":').encode()
         self._include_usage = include_usage
         self._usage = Usage(0, 0)
         self._role_sent = False
@@ -236,6 +243,8 @@ class OpenAIEncoder:
         return PING
 
     def encode(self, seq: int, event: Event) -> bytes:
+        if type(event) is TextDelta and self._role_sent:  # every token but the first
+            return self._text_head + orjson.dumps(event.text) + _TEXT_TAIL
         match event:
             case TextDelta(text):
                 return self._choice({"content": text}, None)

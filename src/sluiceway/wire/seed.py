@@ -52,6 +52,7 @@ class SeedEncoder:
 
     def __init__(self, stream_id: str) -> None:
         self._prefix = f"id: {stream_id}:"
+        self._id_prefix = self._prefix.encode()
         self._usage = Usage(0, 0)
 
     def start(self) -> bytes:
@@ -61,10 +62,13 @@ class SeedEncoder:
         return PING
 
     def encode(self, seq: int, event: Event) -> bytes:
+        if type(event) is TextDelta:  # per token: bytes joined, one dumps of the text alone
+            return b'%s%d\ndata: {"type":"chunk","text":%s}\n\n' % (
+                self._id_prefix,
+                seq,
+                orjson.dumps(event.text),
+            )
         match event:
-            case TextDelta(text):
-                body = dumps({"type": "chunk", "text": text})
-                return f"{self._prefix}{seq}\ndata: {body}\n\n".encode()
             case Usage():
                 self._usage = event
                 return b""
