@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ from sluiceway.errors import OverloadedError, ShuttingDownError
 from sluiceway.events import ErrorEvent, Event, Finish, TextDelta
 from sluiceway.requests import ChatRequest, Message
 from sluiceway.streams import generation
-from sluiceway.streams.hub import HubSettings, Stream, StreamHub
+from sluiceway.streams.hub import HubSettings, Retired, Stream, StreamHub
 from sluiceway.streams.shutdown import ShutdownSignal
 from tests.streams.polling import eventually
 from tests.streams.providers import CountingProvider, Probe
@@ -166,6 +167,61 @@ async def test_finished_streams_are_forgotten_after_the_retention() -> None:
     await eventually(lambda: hub.get(stream.stream_id) is None)
     assert await hub.find("k") is None
     await hub.aclose()
+
+
+async def test_a_retired_stream_reads_back_as_it_ran_and_is_forgotten_at_the_retention() -> None:
+    """After ``retire_after_s`` a finished stream is kept as plain data; what a client can ask of
+    it (events from any point, the end, the meter, the key) is unchanged."""
+    hub = StreamHub(HubSettings(retention_s=0.6, retire_after_s=0.05))
+    stream = hub.start(CountingProvider(Probe(), 0), ask("one two three"), key="k")
+    events = await read_events(stream)
+    ttft, tokens = stream.meter.first_token, stream.meter.usage_so_far()
+    await eventually(lambda: hub.get(stream.stream_id) is not stream)
+    again = hub.get(stream.stream_id)
+    assert again is not None and again.finished and again.stream_id == stream.stream_id
+    assert await read_events(again) == events
+    assert await read_events(again, 2) == events[2:]
+    assert (again.meter.first_token, again.meter.usage_so_far()) == (ttft, tokens)
+    found = await hub.find("k")
+    assert found is not None and found.stream_id == stream.stream_id
+    again.cancel("stop")  # a finished stream: nothing happens
+    await eventually(lambda: hub.get(stream.stream_id) is None)
+    assert await hub.find("k") is None
+    await hub.aclose()
+
+
+async def test_a_stream_being_read_is_retired_only_once_its_reader_has_left() -> None:
+    hub = StreamHub(HubSettings(retention_s=5, retire_after_s=0.05))
+    stream = hub.start(CountingProvider(Probe(), 0), ask("one two"))
+    reader = stream.read()
+    await anext(reader)
+    await asyncio.sleep(0.2)
+    assert hub.get(stream.stream_id) is stream  # its reader is still attached
+    await reader.aclose()
+    await eventually(lambda: hub.get(stream.stream_id) is not stream)
+    await hub.aclose()
+
+
+async def test_retired_streams_leave_the_garbage_collector_little_to_walk() -> None:
+    async def tracked_per_finished_stream(retire_after_s: float) -> float:
+        hub = StreamHub(HubSettings(retention_s=60, retire_after_s=retire_after_s))
+        gc.collect()
+        before = len(gc.get_objects())
+        ids = []
+        for _ in range(200):
+            stream = hub.start(CountingProvider(Probe(), 0), ask(WORDS))
+            await read_events(stream)
+            ids.append(stream.stream_id)
+        del stream
+        if retire_after_s < 60:
+            await eventually(lambda: all(isinstance(hub._streams[i], Retired) for i in ids))
+        gc.collect()
+        per_stream = (len(gc.get_objects()) - before) / 200
+        await hub.aclose()
+        return per_stream
+
+    kept, retired = await tracked_per_finished_stream(60), await tracked_per_finished_stream(0.01)
+    assert kept > 15 and retired < 3, (kept, retired)  # about 23 against 2
 
 
 async def test_beyond_the_limits_a_start_is_refused_before_anything_runs() -> None:

@@ -181,3 +181,13 @@ def test_parse_camel_case_max_output_tokens_and_content_strings() -> None:
 def test_parse_rejects(body: object, names: str) -> None:
     with pytest.raises(InvalidRequestError, match=names):
         parse_request(body)
+
+
+@pytest.mark.parametrize("text", ["", " plain", 'q"uote\\back', "é🙂\u2028", "line\nbreak\t"])
+def test_a_later_text_delta_is_the_general_chunk(text: str) -> None:
+    encoder = UIMessageStreamEncoder("msg-1", "m")
+    encoder.encode(1, TextDelta("first"))
+    body = json.dumps(
+        {"type": "text-delta", "id": "text-0", "delta": text}, ensure_ascii=False, separators=(",", ":")
+    )
+    assert encoder.encode(2, TextDelta(text)) == f"data: {body}\n\n".encode()

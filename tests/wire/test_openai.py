@@ -205,3 +205,17 @@ def test_error_shape(code: str, status: int, type_: str, wire_code: str) -> None
 def test_every_code_has_a_type_matching_its_status() -> None:
     for code, cls in ERROR_CLASSES.items():
         assert error_type(code) == error_object(code, "", cls.status)["type"]
+
+
+@pytest.mark.parametrize("text", ["", " plain", 'q"uote\\back', "é🙂\u2028", "line\nbreak\t"])
+def test_a_later_token_is_the_same_chunk_as_the_first_without_the_role(text: str) -> None:
+    """Tokens after the first take a pre-rendered path: the same JSON as a general chunk."""
+    encoder = OpenAIEncoder("chatcmpl-1", 1700000000, "m")
+    first = json.loads(encoder.encode(1, TextDelta(text)).decode()[6:])
+    later = encoder.encode(2, TextDelta(text))
+    assert later.startswith(b"data: ") and later.endswith(b"\n\n")
+    del first["choices"][0]["delta"]["role"]
+    assert json.loads(later.decode()[6:]) == first
+    assert (
+        later == b"data: " + json.dumps(first, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    )

@@ -57,3 +57,10 @@ def test_seed_browser_reader_sees_text_only_in_chunks() -> None:
     bodies = [json.loads(e.data) for e in decoded[:-1]]
     assert "".join(b.get("text", "") for b in bodies) == "ab"
     assert [e.id for e in decoded[:-1]] == ["abc:2", "abc:3", "abc:5"]
+
+
+@pytest.mark.parametrize("text", ["", " plain", 'q"uote\\back', "é🙂\u2028", "line\nbreak\t"])
+def test_a_token_event_is_compact_json_with_its_id(text: str) -> None:
+    frame = SeedEncoder("s1").encode(7, TextDelta(text))
+    body = json.dumps({"type": "chunk", "text": text}, ensure_ascii=False, separators=(",", ":"))
+    assert frame == f"id: s1:7\ndata: {body}\n\n".encode()

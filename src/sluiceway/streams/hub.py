@@ -20,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Literal, TypeAlias
+from typing import Literal, NamedTuple, TypeAlias
 
 from sluiceway.errors import ShuttingDownError
-from sluiceway.events import TextDelta
+from sluiceway.events import TextDelta, Usage
 from sluiceway.providers.base import Provider
 from sluiceway.requests import ChatRequest
 from sluiceway.streams.backend import MemoryBackend, RemoteStreamInfo, StreamBackend
@@ -40,7 +41,7 @@ from sluiceway.streams.generation import (
     run_generation,
 )
 from sluiceway.streams.limits import ConcurrencyLimits
-from sluiceway.streams.log import DEFAULT_MAX_BYTES, Batch, StreamLog
+from sluiceway.streams.log import DEFAULT_MAX_BYTES, Batch, MemoryStreamLog, RetiredLog, StreamLog
 from sluiceway.streams.shutdown import ShutdownSignal
 
 DisconnectPolicy: TypeAlias = Literal["cancel", "finish"]
@@ -61,6 +62,9 @@ class HubSettings:
     max_concurrent_per_model: int = 0
     timeouts: Timeouts = field(default_factory=Timeouts)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    retire_after_s: float = 10.0
+    """How long a finished in-memory stream stays as it is (its request has logged its line by
+    then) before it is kept as a plain record for the rest of ``retention_s`` (see :class:`Retired`)."""
 
 
 class Stream:
@@ -181,6 +185,53 @@ class RemoteStream(Stream):
                 logger.warning("could not detach a remote reader of %s", self.stream_id)
 
 
+class Retired(NamedTuple):
+    """A finished in-memory stream, kept for resume as plain data.
+
+    A finished ``Stream`` keeps about 19 objects the garbage collector tracks (the stream, its
+    meter, its done task and coroutine, the log's last events …); with thousands of answers kept
+    for ``retention_s`` every full collection walked them all (20,000 answers: 150 ms, against 17 ms
+    retired; ``benchmarks/retained_logs.py``). This record is two tracked objects holding strings,
+    numbers and bytes: :meth:`StreamHub.get` rebuilds a finished ``Stream`` from it when asked (its
+    events, end, meter and key as they were; not its metrics observer).
+    """
+
+    log: RetiredLog
+    model: str | None
+    key: str | None
+    cancelled_by: str | None
+    meter: tuple[float, float | None, float | None, int, int | None, int | None, str | None, int, str | None]
+
+    @classmethod
+    def of(cls, stream: Stream, log: RetiredLog) -> Retired:
+        m = stream.meter
+        usage = (m.usage.input_tokens, m.usage.output_tokens) if m.usage is not None else (None, None)
+        meter = (
+            m.started,
+            m.first_token,
+            m.last_token,
+            m.deltas,
+            *usage,
+            m.model,
+            m.attempts,
+            m.cancel_reason,
+        )
+        return cls(log, stream.model, stream.key, stream.cancelled_by, meter)
+
+    def revive(self, backend: StreamBackend) -> Stream:
+        """A finished ``Stream`` with this record's log and meter (not the one that ran)."""
+        log = self.log
+        stream = Stream(
+            log.stream_id, MemoryStreamLog.from_retired(log), model=self.model, key=self.key, backend=backend
+        )
+        started, first, last, deltas, usage_in, usage_out, model, attempts, reason = self.meter
+        usage = Usage(usage_in, usage_out) if usage_in is not None and usage_out is not None else None
+        stream.meter = Meter(started, first, last, deltas, usage, model, attempts, reason)
+        stream.cancelled_by = self.cancelled_by
+        stream.first_sent.set()
+        return stream
+
+
 class StreamHub:
     """All streams of one server process, by id, over one backend."""
 
@@ -195,8 +246,11 @@ class StreamHub:
         self.backend: StreamBackend = backend or MemoryBackend()
         self.observer = observer
         self.limits = ConcurrencyLimits(self.settings.max_concurrent, self.settings.max_concurrent_per_model)
-        self._streams: dict[str, Stream] = {}
+        self._streams: dict[str, Stream | Retired] = {}
         self._keys: dict[str, str] = {}
+        self._to_retire: deque[tuple[float, str]] = deque()  # (when, stream id), in time order
+        self._to_forget: deque[tuple[float, str]] = deque()
+        self._sweep: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._drain: asyncio.Task[None] | None = None
@@ -263,11 +317,12 @@ class StreamHub:
 
     def get(self, stream_id: str) -> Stream | None:
         """The live or retained stream with this id, if this process runs it."""
-        return self._streams.get(stream_id)
+        entry = self._streams.get(stream_id)
+        return entry.revive(self.backend) if isinstance(entry, Retired) else entry
 
     async def lookup(self, stream_id: str) -> Stream | None:
         """The stream with this id, run here or (shared backend) by another process."""
-        stream = self._streams.get(stream_id)
+        stream = self.get(stream_id)
         if stream is not None:
             return stream
         info = await self.backend.open_remote(stream_id)
@@ -323,9 +378,13 @@ class StreamHub:
         await self.backend.aclose()
 
     async def _cancel_all(self) -> None:
-        for stream in self._streams.values():
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        streams = [s for s in self._streams.values() if isinstance(s, Stream)]
+        for stream in streams:
             stream._call_off_grace()  # no grace timer outlives the hub
-        running = [s for s in self._streams.values() if s.task is not None and not s.task.done()]
+        running = [s for s in streams if s.task is not None and not s.task.done()]
         for stream in running:
             stream.cancel("shutdown")
         if self._tasks:
@@ -335,7 +394,7 @@ class StreamHub:
 
     def _on_control(self, op: str, stream_id: str) -> None:
         stream = self._streams.get(stream_id)
-        if stream is None:
+        if not isinstance(stream, Stream):  # unknown here, or retired (finished)
             return
         if op == "cancel":
             stream.cancel("stop")
@@ -352,12 +411,46 @@ class StreamHub:
             )
             self._tasks.add(ender)
             ender.add_done_callback(self._tasks.discard)
-        asyncio.get_running_loop().call_later(self.settings.retention_s, self._forget, stream)
+        now = asyncio.get_running_loop().time()
+        due = now + self.settings.retention_s
+        if self.settings.retire_after_s < self.settings.retention_s:
+            due = now + self.settings.retire_after_s
+            self._to_retire.append((due, stream.stream_id))
+        self._to_forget.append((now + self.settings.retention_s, stream.stream_id))
+        if self._sweep is None or due < self._sweep.when():  # e.g. armed for an expiry, later
+            if self._sweep is not None:
+                self._sweep.cancel()
+            self._arm_sweep()
 
-    def _forget(self, stream: Stream) -> None:
-        self._streams.pop(stream.stream_id, None)
-        if stream.key is not None and self._keys.get(stream.key) == stream.stream_id:
-            del self._keys[stream.key]
+    def _arm_sweep(self) -> None:
+        """One timer for every finished stream: at the next retirement or expiry due."""
+        due = [queue[0][0] for queue in (self._to_retire, self._to_forget) if queue]
+        self._sweep = asyncio.get_running_loop().call_at(min(due), self._swept) if due else None
+
+    def _swept(self) -> None:
+        now = asyncio.get_running_loop().time()
+        while self._to_retire and self._to_retire[0][0] <= now:
+            self._retire(self._to_retire.popleft()[1])
+        while self._to_forget and self._to_forget[0][0] <= now:
+            self._forget(self._to_forget.popleft()[1])
+        self._arm_sweep()
+
+    def _retire(self, stream_id: str) -> None:
+        stream = self._streams.get(stream_id)
+        if not isinstance(stream, Stream) or not isinstance(stream.log, MemoryStreamLog):
+            return
+        if stream.readers or stream.task is None or not stream.task.done():  # still being read: later
+            when = asyncio.get_running_loop().time() + self.settings.retire_after_s
+            self._to_retire.append((when, stream_id))
+            return
+        log = stream.log.retire()
+        if log is not None:
+            self._streams[stream_id] = Retired.of(stream, log)
+
+    def _forget(self, stream_id: str) -> None:
+        entry = self._streams.pop(stream_id, None)
+        if entry is not None and entry.key is not None and self._keys.get(entry.key) == stream_id:
+            del self._keys[entry.key]
 
 
 def _has_text(batch: Batch) -> bool:

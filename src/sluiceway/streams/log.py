@@ -17,11 +17,11 @@ from __future__ import annotations
 import asyncio
 from array import array
 from collections.abc import AsyncGenerator, Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from sluiceway.errors import ReaderLaggedError
 from sluiceway.events import Event, Finish, TextDelta
-from sluiceway.streams.codec import event_size
+from sluiceway.streams.codec import dump_event, event_size, load_event
 
 Batch = list[tuple[int, Event]]
 BATCH_BYTES = 64 * 1024
@@ -112,6 +112,40 @@ class MemoryStreamLog:
     async def append(self, event: Event) -> int:
         return self.append_nowait(event)
 
+    def retire(self) -> RetiredLog | None:
+        """The finished log as a record of strings, numbers and arrays only (nothing for the garbage
+        collector to walk), or ``None`` while it runs; :meth:`from_retired` reads it back."""
+        if self._done is None:
+            return None
+        done = self._done
+        others = tuple((index, dump_event(event)) for index, event in done._others.items())
+        sizes = array("Q", self._sizes).tobytes()
+        return RetiredLog(
+            self.stream_id,
+            self.max_bytes,
+            self._first_seq,
+            self._bytes,
+            done._text,
+            done._ends.tobytes(),
+            sizes,
+            others,
+        )
+
+    @classmethod
+    def from_retired(cls, record: RetiredLog) -> MemoryStreamLog:
+        """A finished log with the events of ``record`` (what :meth:`retire` made)."""
+        log = cls(record.stream_id, record.max_bytes)
+        others = {index: load_event(data) for index, data in record.others}
+        ends, sizes = array("Q"), array("Q")
+        ends.frombytes(record.ends)
+        sizes.frombytes(record.sizes)
+        log._done = _Finished.restored(record.text, ends, others)
+        log._sizes = sizes.tolist()
+        log._first_seq = record.first_seq
+        log._bytes = record.held_bytes
+        log._finished = True
+        return log
+
     def append_nowait(self, event: Event) -> int:
         """Append without awaiting (the memory log never blocks)."""
         if self._finished:
@@ -189,6 +223,19 @@ class MemoryStreamLog:
                 quiet.close()
 
 
+class RetiredLog(NamedTuple):
+    """A finished memory log as plain data (see :meth:`MemoryStreamLog.retire`)."""
+
+    stream_id: str
+    max_bytes: int
+    first_seq: int
+    held_bytes: int
+    text: str
+    ends: bytes  # array("Q") of where each event's text ends in ``text``
+    sizes: bytes  # array("Q") of each event's size
+    others: tuple[tuple[int, str], ...]  # (position, the event as codec JSON)
+
+
 class _Finished:
     """A finished log's events, compact: the texts of all its deltas in one string with where each
     one ends (8 bytes a token, and nothing for the garbage collector to walk), and the few other
@@ -211,6 +258,12 @@ class _Finished:
         self._text = "".join(parts)
         self._ends = ends
         self._others = others
+
+    @classmethod
+    def restored(cls, text: str, ends: array[int], others: dict[int, Event]) -> _Finished:
+        done = cls(())
+        done._text, done._ends, done._others = text, ends, others
+        return done
 
     def __len__(self) -> int:
         return len(self._ends)

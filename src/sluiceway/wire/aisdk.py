@@ -33,6 +33,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from sluiceway.errors import InvalidRequestError
 from sluiceway.events import ErrorEvent, Event, Finish, FinishReason, TextDelta, Usage
 from sluiceway.requests import ChatRequest, Message, make_message, make_request, positive_int
@@ -112,6 +114,10 @@ def chunk(payload: Mapping[str, Any]) -> bytes:
     return f"data: {dumps(payload)}\n\n".encode()
 
 
+_DELTA_HEAD = f'data: {{"type":"text-delta","id":"{TEXT_ID}","delta":'.encode()
+"""A token's chunk up to its text (what :func:`chunk` renders for it, as bytes once)."""
+
+
 class UIMessageStreamEncoder:
     """Encoder for the UI-message stream; one per response.
 
@@ -134,6 +140,8 @@ class UIMessageStreamEncoder:
         return PING
 
     def encode(self, seq: int, event: Event) -> bytes:
+        if type(event) is TextDelta and self._text_open:  # every token but the first
+            return _DELTA_HEAD + orjson.dumps(event.text) + b"}\n\n"
         match event:
             case TextDelta(text):
                 head = b"" if self._text_open else self._open_text()
