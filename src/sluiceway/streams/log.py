@@ -65,9 +65,9 @@ class MemoryStreamLog:
 
     While the stream runs, readers get the very objects the generation appended. Once it has
     finished, the log is compacted (:class:`_Finished`): it is kept for ``retention_s`` so that
-    clients can resume, and as one object per token it cost ≈ 70 bytes a token and made every full
-    garbage collection walk each of them (millions, at the default retention; docs/benchmarks.md,
-    "Garbage collection").
+    clients can resume, and as one object per token it cost ≈ 113 bytes a token (now ≈ 26) and made
+    every full garbage collection walk each of them (millions, at the default retention;
+    docs/benchmarks.md, "Garbage collection"). The hub later keeps it as plain data (:meth:`retire`).
     """
 
     def __init__(self, stream_id: str, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
@@ -113,8 +113,8 @@ class MemoryStreamLog:
         return self.append_nowait(event)
 
     def retire(self) -> RetiredLog | None:
-        """The finished log as a record of strings, numbers and arrays only (nothing for the garbage
-        collector to walk), or ``None`` while it runs; :meth:`from_retired` reads it back."""
+        """The finished log as a record of strings, numbers and bytes only (one object for the
+        garbage collector to walk), or ``None`` while it runs; :meth:`from_retired` reads it back."""
         if self._done is None:
             return None
         done = self._done
@@ -238,8 +238,8 @@ class RetiredLog(NamedTuple):
 
 class _Finished:
     """A finished log's events, compact: the texts of all its deltas in one string with where each
-    one ends (8 bytes a token, and nothing for the garbage collector to walk), and the few other
-    events by position. A slice rebuilds the events it covers."""
+    one ends (8 bytes a token; a few objects for the garbage collector to walk instead of one a
+    token), and the few other events by position. A slice rebuilds the events it covers."""
 
     __slots__ = ("_ends", "_others", "_text")
 
