@@ -54,3 +54,20 @@ def test_a_started_server_loads_no_database_code_until_a_conversation_needs_it(t
     assert seen["conversation"][0] == 200 and "kept" in seen["conversation"][1]
     assert {"sqlalchemy", "aiosqlite"} <= set(seen["then"])
     assert (tmp_path / "sluiceway.db").is_file()
+
+
+def test_the_streaming_posts_skip_fastapis_router_and_stay_documented(tmp_path: Path) -> None:
+    from fastapi.routing import APIRoute
+    from starlette.routing import Route
+
+    from sluiceway.server.app import create_app
+    from tests.live import make_settings
+
+    app = create_app(make_settings(data_dir=str(tmp_path)))
+    direct = ["/v1/chat/completions", "/v1/messages", "/api/chat"]
+    routes = app.router.routes
+    first_api = next(i for i, r in enumerate(routes) if isinstance(r, APIRoute) or not isinstance(r, Route))
+    ahead = [r for r in routes[:first_api] if isinstance(r, Route) and r.methods == {"POST"}]
+    assert [r.path for r in ahead] == direct  # tried before FastAPI's routes and included routers
+    paths = app.openapi()["paths"]
+    assert all("post" in paths[path] for path in direct)  # the OpenAPI document still has them

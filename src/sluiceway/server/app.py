@@ -65,6 +65,8 @@ def create_app(
     app.state.error_shapes = ErrorShapes()
     app.state.metrics = Metrics.for_settings(settings)
     install_handlers(app)
+    for protocol in (openai, anthropic, aisdk):  # first: the streaming POSTs skip FastAPI's router
+        protocol.install_direct(app)
     app.include_router(meta.router)
     app.include_router(metrics.router)
     app.include_router(seed.router)
