@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -287,3 +288,38 @@ async def test_a_finished_memory_log_reads_back_every_event_it_held() -> None:
         assert read == [(first + i, event) for i, event in enumerate(tail)][after - first + 1 :]
     lagged = [pair async for batch in log.read(first - 2) for pair in batch or ()]
     assert lagged[0][1].code == "reader_lagged"  # type: ignore[union-attr]
+
+
+async def test_a_reader_behind_at_the_finish_gets_the_appended_objects_then_the_log_compacts() -> None:
+    log = MemoryStreamLog("s1")
+    deltas = [TextDelta(f"zq{i}") for i in range(50)]
+    log.append_nowait(Usage(1, 0))
+    reader = log.read(0)
+    first = await anext(reader)  # attached; what follows is appended before it reads again
+    for delta in deltas:
+        log.append_nowait(delta)
+    log.append_nowait(Finish("stop"))
+    rest = [event async for batch in reader for _, event in batch or ()]
+    assert [event for _, event in first or ()] == [Usage(1, 0)]
+    read = rest
+    assert all(a is b for a, b in zip(read[:50], deltas, strict=True))  # not rebuilt copies
+    assert read[50:] == [Finish("stop")]
+    del deltas, read, rest, first, delta
+    gc.collect()  # the reader has left: the log holds its texts compactly, no delta objects
+    assert not any(isinstance(o, TextDelta) and o.text.startswith("zq") for o in gc.get_objects())
+    assert [e.text for e in log.events[1:3] if isinstance(e, TextDelta)] == ["zq0", "zq1"]
+
+
+async def test_a_finished_log_retires_and_comes_back_the_same_even_while_read() -> None:
+    log = MemoryStreamLog("s1", max_bytes=EVENT_OVERHEAD * 5 + 10)  # the first events are dropped
+    log.append_nowait(Usage(1, 1))
+    reader = log.read(0)
+    await anext(reader)
+    for event in [*(TextDelta(f"t{i}") for i in range(8)), Usage(1, 8), Finish("stop")]:
+        log.append_nowait(event)
+    record = log.retire()  # a reader is still attached: not compacted yet
+    assert record is not None
+    again = MemoryStreamLog.from_retired(record)
+    assert (again.first_seq, again.last_seq, again.events) == (log.first_seq, log.last_seq, log.events)
+    await reader.aclose()
+    assert MemoryStreamLog.from_retired(log.retire() or record).events == log.events

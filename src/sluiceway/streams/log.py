@@ -64,10 +64,11 @@ class MemoryStreamLog:
     """The in-process log: a list with a moving start; readers wait on futures made when they wait.
 
     While the stream runs, readers get the very objects the generation appended. Once it has
-    finished, the log is compacted (:class:`_Finished`): it is kept for ``retention_s`` so that
-    clients can resume, and as one object per token it cost ≈ 113 bytes a token (now ≈ 26) and made
-    every full garbage collection walk each of them (millions, at the default retention;
-    docs/benchmarks.md, "Garbage collection"). The hub later keeps it as plain data (:meth:`retire`).
+    finished and no read is in progress, the log is compacted (:class:`_Finished`): it is kept for
+    ``retention_s`` so that clients can resume, and as one object per token it cost ≈ 113 bytes a
+    token (now ≈ 26) and made every full garbage collection walk each of them (millions, at the
+    default retention; docs/benchmarks.md, "Garbage collection"). The hub later keeps it as plain
+    data (:meth:`retire`).
     """
 
     def __init__(self, stream_id: str, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
@@ -81,6 +82,7 @@ class MemoryStreamLog:
         self._bytes = 0
         self._finished = False
         self._waiters: list[asyncio.Future[None]] = []  # readers waiting for the next append
+        self._readers = 0  # reads in progress (the log is compacted once it is finished and none is)
 
     @property
     def finished(self) -> bool:
@@ -115,11 +117,11 @@ class MemoryStreamLog:
     def retire(self) -> RetiredLog | None:
         """The finished log as a record of strings, numbers and bytes only (one object for the
         garbage collector to walk), or ``None`` while it runs; :meth:`from_retired` reads it back."""
-        if self._done is None:
+        if not self._finished:
             return None
-        done = self._done
+        done = self._done if self._done is not None else _Finished(self._events[self._start :])
         others = tuple((index, dump_event(event)) for index, event in done._others.items())
-        sizes = array("Q", self._sizes).tobytes()
+        sizes = array("Q", self._sizes[self._start :]).tobytes()
         return RetiredLog(
             self.stream_id,
             self.max_bytes,
@@ -158,10 +160,8 @@ class MemoryStreamLog:
             self._trim()
         if isinstance(event, Finish):
             self._finished = True
-            self._done = _Finished(self._events[self._start :])
-            self._events = []
-            del self._sizes[: self._start]
-            self._start = 0
+            if not self._readers:
+                self._compact()
         if self._waiters:
             waiters, self._waiters = self._waiters, []
             for waiter in waiters:
@@ -180,6 +180,15 @@ class MemoryStreamLog:
             del self._sizes[: self._start]
             self._start = 0
 
+    def _compact(self) -> None:
+        """Hold the finished log as :class:`_Finished`. Done once no reader is attached: a reader
+        still behind (a burst at max rate often ends before it has been sent) would otherwise get
+        every event rebuilt from the compact form, about 5% of the relay's CPU then."""
+        self._done = _Finished(self._events[self._start :])
+        self._events = []
+        del self._sizes[: self._start]
+        self._start = 0
+
     def _held(self) -> list[Event | None] | _Finished:
         return self._events if self._done is None else self._done
 
@@ -196,6 +205,7 @@ class MemoryStreamLog:
         pos = max(after, 0)
         loop = asyncio.get_running_loop()
         quiet = _QuietTimer(loop, idle) if idle else None
+        self._readers += 1
         try:
             while True:
                 if pos < self._first_seq - 1:
@@ -221,6 +231,9 @@ class MemoryStreamLog:
         finally:
             if quiet is not None:
                 quiet.close()
+            self._readers -= 1
+            if self._finished and not self._readers and self._done is None:
+                self._compact()
 
 
 class RetiredLog(NamedTuple):
