@@ -163,8 +163,8 @@ def settle_gc() -> None:
     walked all of them, 60-90 ms each time. The youngest generation is collected after 10,000 new
     objects instead of 700: with hundreds of streams open, most objects a request makes outlive a
     few collections, so frequent small rounds walk them as often as rare large ones do, and add up
-    to more (collector time at 20 ms cadence and 256 streams, one 6 s run: 503 ms at 700, 244 ms at
-    10,000; docs/benchmarks.md, "Garbage collection"). Cycles are still collected, in larger rounds.
+    to more (collector time in a 4 s round at 20 ms cadence and 256 streams: 501 ms at 700, 188 ms at
+    10,000; ``benchmarks/gc_probe.py``, docs/benchmarks.md). Cycles are still collected, in larger rounds.
     """
     gc.collect()
     gc.freeze()

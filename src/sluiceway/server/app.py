@@ -29,6 +29,7 @@ from sluiceway.server.routes import (
     web,
     websocket,
 )
+from sluiceway.server.routes._protocol import route_directly
 from sluiceway.server.settings import Settings
 from sluiceway.server.state import AppState
 from sluiceway.streams.shutdown import ShutdownSignal
@@ -65,8 +66,12 @@ def create_app(
     app.state.error_shapes = ErrorShapes()
     app.state.metrics = Metrics.for_settings(settings)
     install_handlers(app)
-    for protocol in (openai, anthropic, aisdk):  # first: the streaming POSTs skip FastAPI's router
-        protocol.install_direct(app)
+    for router, endpoint in (  # first: the streaming POSTs skip FastAPI's router
+        (openai.router, openai.chat_completions),
+        (anthropic.router, anthropic.messages),
+        (aisdk.router, aisdk.chat),
+    ):
+        route_directly(app, router, endpoint)
     app.include_router(meta.router)
     app.include_router(metrics.router)
     app.include_router(seed.router)

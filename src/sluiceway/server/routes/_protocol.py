@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
+from fastapi.routing import APIRoute
 from starlette.responses import JSONResponse, Response
 
 from sluiceway.errors import InvalidRequestError
@@ -29,18 +30,18 @@ from sluiceway.streams.log import Batch
 DirectEndpoint = Callable[[Request, AppState], Awaitable[Response]]
 
 
-def route_directly(app: FastAPI, path: str, endpoint: DirectEndpoint) -> None:
-    """Dispatch ``POST path`` to ``endpoint`` ahead of FastAPI's router; call it before any router
-    is included, so that this route is the first one tried.
+def route_directly(app: FastAPI, router: APIRouter, endpoint: DirectEndpoint) -> None:
+    """Dispatch ``POST`` on ``endpoint``'s path (as ``router`` declares it) to ``endpoint`` ahead of
+    FastAPI's router; call it before any router is included, so that this route is tried first.
 
     Why: FastAPI's router tries the routes of every included router in turn and resolves each
-    route's dependencies per request: about 340 µs of a streaming request's CPU here (621 -> 283 µs
-    per in-process request with the ``echo`` model; docs/benchmarks.md). A plain Starlette route
-    calls ``endpoint(request, app state)`` directly; errors still go through the app's exception
-    handlers, every middleware still runs. The FastAPI route of the same path stays registered for
-    the OpenAPI document (it is never reached for ``POST``), so ``endpoint`` must take exactly the
-    request and the state.
+    route's dependencies per request: 120-220 µs of a streaming request's CPU here
+    (``benchmarks/asgi_request.py``; docs/benchmarks.md). A plain Starlette route calls
+    ``endpoint(request, app state)`` directly; errors still go through the app's exception handlers,
+    every middleware still runs. The FastAPI route stays registered for the OpenAPI document (it is
+    never reached for ``POST``), so ``endpoint`` must take exactly the request and the state.
     """
+    path = next(r.path for r in router.routes if isinstance(r, APIRoute) and r.endpoint is endpoint)
 
     async def direct(request: Request) -> Response:
         return await endpoint(request, request.app.state.sluiceway)

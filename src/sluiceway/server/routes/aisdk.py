@@ -6,7 +6,7 @@ from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
 
 from sluiceway.server.relay import start_stream, stream_response
-from sluiceway.server.routes._protocol import read_json, resolve, route_directly
+from sluiceway.server.routes._protocol import read_json, resolve
 from sluiceway.server.routes.streams import chat_key
 from sluiceway.server.state import StateDep
 from sluiceway.wire.aisdk import UIMessageStreamEncoder, parse_request
@@ -17,11 +17,6 @@ router = APIRouter()
 def install(app: FastAPI) -> None:
     """Serve this protocol on ``app`` (its errors keep sluiceway's own JSON shape)."""
     app.include_router(router)
-
-
-def install_direct(app: FastAPI) -> None:
-    """``POST /api/chat`` dispatched ahead of FastAPI's router (see :func:`route_directly`)."""
-    route_directly(app, "/api/chat", chat)
 
 
 @router.post("/api/chat", response_class=Response, responses={200: {"content": {"text/event-stream": {}}}})

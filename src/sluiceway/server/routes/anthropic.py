@@ -14,7 +14,6 @@ from sluiceway.server.routes._protocol import (
     install_protocol,
     read_json,
     resolve,
-    route_directly,
 )
 from sluiceway.server.state import StateDep
 from sluiceway.wire.anthropic import AnthropicEncoder, error_shape, message_body, parse_request
@@ -26,11 +25,6 @@ ERROR_PREFIXES = ("/v1/messages",)
 def install(app: FastAPI) -> None:
     """Serve this protocol on ``app``; errors under its paths take Anthropic's shape."""
     install_protocol(app, router, ERROR_PREFIXES, error_shape)
-
-
-def install_direct(app: FastAPI) -> None:
-    """``POST /v1/messages`` dispatched ahead of FastAPI's router (see :func:`route_directly`)."""
-    route_directly(app, "/v1/messages", messages)
 
 
 @router.post(

@@ -13,7 +13,6 @@ from sluiceway.server.routes._protocol import (
     install_protocol,
     read_json,
     resolve,
-    route_directly,
 )
 from sluiceway.server.state import StateDep
 from sluiceway.wire.openai import OpenAIEncoder, completion_body, error_shape, parse_request
@@ -25,11 +24,6 @@ ERROR_PREFIXES = ("/v1/chat/completions", "/v1/models")
 def install(app: FastAPI) -> None:
     """Serve this protocol on ``app``; errors under its paths take OpenAI's shape."""
     install_protocol(app, router, ERROR_PREFIXES, error_shape)
-
-
-def install_direct(app: FastAPI) -> None:
-    """``POST /v1/chat/completions`` dispatched ahead of FastAPI's router (see :func:`route_directly`)."""
-    route_directly(app, "/v1/chat/completions", chat_completions)
 
 
 @router.post(
