@@ -3,8 +3,10 @@
 What runs: :mod:`mock_upstream` (raw asyncio, pre-encoded frames), ``sluiceway serve`` in its own
 process with two ``openai``-provider models pointing at the mock (``fast``: no delay, ``cadence``:
 20 ms between tokens), LiteLLM's proxy (its own venv, 1 worker, telemetry off) with the same two
-models, and :mod:`floor_relay` (a byte-for-byte TCP relay: the least any relay in Python costs here,
-so "sluiceway vs floor" is the share of the relay's cost that is sluiceway's own).
+models, :mod:`floor_relay` (a byte-for-byte TCP relay: the least any relay in Python costs here) and
+:mod:`http_floor` (the least an HTTP relay costs on sluiceway's own stack: uvicorn, a bare ASGI
+function, aiohttp), so "sluiceway vs HTTP floor" is the share of the relay's cost that is sluiceway's
+own.
 :mod:`loadgen` runs in a process of its own for every measurement. All on loopback; every run is
 bounded in requests and in time.
 
@@ -284,25 +286,34 @@ def table(summary: dict[str, dict[str, dict[str, Any]]], cancels: dict[str, dict
             )
     lines += [
         "",
-        "Ratios (sluiceway against the others, same run; the floor against direct in brackets):",
+        "Ratios (sluiceway against the others, same run; in brackets the floor · the HTTP floor against "
+        "direct):",
         "",
     ]
     lines.append(
-        "| scenario | tokens/s vs direct (floor) | tokens/s vs floor | tokens/s vs LiteLLM "
-        "| added TTFT p50 ms (floor) | added TTFT p99 ms (floor) | added ITL p99 ms (floor) |"
+        "| scenario | tokens/s vs direct (floors) | tokens/s vs HTTP floor | tokens/s vs LiteLLM "
+        "| added TTFT p50 ms (floors) | added TTFT p99 ms (floors) | added ITL p99 ms (floors) |"
     )
     lines.append("|---|---:|---:|---:|---:|---:|---:|")
     for scenario, targets in summary.items():
         s, d, lite = targets.get("sluiceway"), targets.get("direct"), targets.get("litellm")
-        f = targets.get("floor")
+        floors = [f for f in (targets.get("floor"), targets.get("http-floor")) if f is not None]
         if s is None or d is None:
             continue
-        rate, floor_rate = s["tokens_per_s"], f and f["tokens_per_s"]
-        cells = [f"{ratio(rate, d['tokens_per_s'])} ({ratio(floor_rate, d['tokens_per_s'])})"]
-        cells.append(ratio(rate, floor_rate))
+
+        def cell(value: str, of_floors: list[str]) -> str:
+            return f"{value} ({' · '.join(of_floors)})" if of_floors else value
+
+        rate, http_floor = s["tokens_per_s"], targets.get("http-floor")
+        cells = [
+            cell(
+                ratio(rate, d["tokens_per_s"]), [ratio(f["tokens_per_s"], d["tokens_per_s"]) for f in floors]
+            )
+        ]
+        cells.append(ratio(rate, http_floor and http_floor["tokens_per_s"]))
         cells.append(ratio(s["tokens_per_s"], lite and lite["tokens_per_s"]))
         for key in ("ttft_p50_ms", "ttft_p99_ms", "itl_p99_ms"):
-            cells.append(f"{diff(s[key], d[key])} ({diff(f and f[key], d[key])})")
+            cells.append(cell(diff(s[key], d[key]), [diff(f[key], d[key]) for f in floors]))
         lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -343,7 +354,9 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3, help="repetitions per scenario (default 3)")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per max-rate run (default 3)")
     parser.add_argument("--full", action="store_true", help="LiteLLM at 1,000 and 2,000 streams too (slow)")
-    parser.add_argument("--targets", default="direct,floor,sluiceway,litellm", help="comma-separated subset")
+    parser.add_argument(
+        "--targets", default="direct,floor,http-floor,sluiceway,litellm", help="comma-separated subset"
+    )
     parser.add_argument("--only", help="run only scenarios whose name contains this text")
     parser.add_argument("--cancels", type=int, default=10, help="cancel-latency samples per target")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
@@ -373,6 +386,15 @@ def main() -> int:
             url = f"http://127.0.0.1:{port}"
             wait_http(f"{url}/stats", proc, 30)
             targets["floor"] = Target("floor", url, proc.pid, {"fast": "mock-d0", "cadence": "mock-d20"})
+        if "http-floor" in wanted:
+            port = free_port()
+            cmd = [PYTHON, str(HERE / "http_floor.py"), "--port", str(port), "--upstream", mock_url]
+            proc = stack.enter_context(process(cmd, tmp / "http-floor.log"))
+            url = f"http://127.0.0.1:{port}"
+            wait_http(f"{url}/stats", proc, 30)
+            targets["http-floor"] = Target(
+                "http-floor", url, proc.pid, {"fast": "mock-d0", "cadence": "mock-d20"}
+            )
         if "sluiceway" in wanted:
             port = free_port()
             cmd = [PYTHON, "-m", "sluiceway", "serve", "--config", str(sluiceway_config(tmp, mock_url))]
@@ -430,7 +452,10 @@ def main() -> int:
     notes = [
         "direct = the mock upstream read by the load generator itself (the ceiling); floor = "
         "benchmarks/floor_relay.py, a byte-for-byte TCP relay in front of the mock (the least any relay in "
-        "Python costs on this machine: one read and one write per chunk, no parsing); "
+        "Python costs on this machine: one read and one write per chunk, no parsing); HTTP floor = "
+        "benchmarks/http_floor.py, the least an HTTP relay costs on sluiceway's stack (uvicorn parses the "
+        "request, a bare ASGI function sends it on with aiohttp and streams the body back unchanged, a "
+        "disconnect cancels it); "
         "LiteLLM at 1,000 and 2,000 streams only with `--full` (minutes per run at its rate).",
         "tokens/s counts text deltas received by the client; TTFT is from connect to the first text delta; "
         "ITL is the gap between consecutive text deltas (deltas read together count 0 ms apart).",

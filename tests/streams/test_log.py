@@ -323,3 +323,26 @@ async def test_a_finished_log_retires_and_comes_back_the_same_even_while_read() 
     assert (again.first_seq, again.last_seq, again.events) == (log.first_seq, log.last_seq, log.events)
     await reader.aclose()
     assert MemoryStreamLog.from_retired(log.retire() or record).events == log.events
+
+
+async def test_a_compacted_or_retired_log_batches_as_the_running_log_did() -> None:
+    """The compact form keeps no sizes: it derives them from the texts, so batches (bounded by
+    ``BATCH_BYTES``) have the same boundaries before and after the finish, and after retirement."""
+    events: list[Event] = [Usage(2, 0)]
+    events += [TextDelta("é" * (i * 37 % 900)) for i in range(400)]
+    events += [ErrorEvent("upstream_error", "x" * 5000), Usage(2, 400), Finish("error")]
+    running = MemoryStreamLog("s1")
+    running.append_nowait(events[0])
+    reader = running.read(0)
+    await anext(reader)  # attached: the log stays uncompacted until this reader leaves
+    for event in events[1:]:
+        running.append_nowait(event)
+    before = [[seq for seq, _ in batch or ()] async for batch in running.read(0)]
+    await reader.aclose()  # now the log compacts
+    after = [[seq for seq, _ in batch or ()] async for batch in running.read(0)]
+    record = running.retire()
+    assert record is not None
+    retired = MemoryStreamLog.from_retired(record)
+    again = [[seq for seq, _ in batch or ()] async for batch in retired.read(0)]
+    assert len(before) > 3 and before == after == again
+    assert retired.events == events and retired.held_bytes == running.held_bytes
