@@ -66,7 +66,7 @@ class MemoryStreamLog:
     While the stream runs, readers get the very objects the generation appended. Once it has
     finished and no read is in progress, the log is compacted (:class:`_Finished`): it is kept for
     ``retention_s`` so that clients can resume, and as one object per token it cost ≈ 113 bytes a
-    token (now ≈ 26) and made every full garbage collection walk each of them (millions, at the
+    token (now ≈ 14) and made every full garbage collection walk each of them (millions, at the
     default retention; docs/benchmarks.md, "Garbage collection"). The hub later keeps it as plain
     data (:meth:`retire`).
     """
