@@ -272,3 +272,24 @@ async def test_closing_the_hub_ends_every_generation() -> None:
     streams = [hub.start(CountingProvider(Probe(), 50), ask()) for _ in range(3)]
     await asyncio.wait_for(hub.aclose(), 5)
     assert all(s.finished for s in streams) and hub.active == 0
+
+
+def test_streams_that_finish_while_a_past_due_sweep_waits_raise_nothing_under_uvloop() -> None:
+    """uvloop's ``call_at`` for a time already past returns a plain ``Handle`` (no ``when()``):
+    with ``retention_s = 0`` every finished stream's expiry is due at once, and each stream that
+    finished before that sweep ran made the hub's done-callback raise."""
+    import uvloop
+
+    async def main() -> tuple[list[dict[str, object]], int]:
+        errors: list[dict[str, object]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: errors.append(context))
+        hub = StreamHub(HubSettings(retention_s=0.0, grace_s=0.2))
+        streams = [hub.start(BurstProvider(3), ask()) for _ in range(20)]
+        read = await asyncio.gather(*(read_events(stream) for stream in streams))  # they end together
+        assert all(text(events) == "t0 t1 t2 " for events in read)
+        await eventually(lambda: all(hub.get(s.stream_id) is None for s in streams))
+        await hub.aclose()
+        return errors, len(streams)
+
+    errors, count = uvloop.run(main())
+    assert count == 20 and errors == []

@@ -38,7 +38,7 @@ from sluiceway.errors import ShuttingDownError, SluicewayError, UpstreamTimeoutE
 from sluiceway.events import ErrorEvent, Event, Finish, FinishReason, TextDelta, Usage
 from sluiceway.providers.base import Provider
 from sluiceway.requests import ChatRequest
-from sluiceway.streams.log import StreamLog
+from sluiceway.streams.log import MemoryStreamLog, StreamLog
 
 logger = logging.getLogger("sluiceway.streams")
 
@@ -246,6 +246,7 @@ async def _relay(
     meter.usage = None
     events = provider.stream(request)
     watchdog = _Watchdog(scope, meter, timeouts)
+    append_nowait = log.append_nowait if isinstance(log, MemoryStreamLog) else None
     try:
         while True:
             if meter.cancel_reason is not None:  # a cancel some library swallowed on the way
@@ -254,6 +255,10 @@ async def _relay(
                 event = await anext(events)
             except StopAsyncIteration:
                 break
+            if append_nowait is not None and meter.deltas and type(event) is TextDelta:
+                _counted(meter)  # a text after the first, into memory: what _record does without
+                append_nowait(event)  # its two coroutines (in-process, 2.14 -> 1.96 µs a token)
+                continue
             if await _record(event, log, meter):
                 return
             if meter.deltas == 1 and isinstance(event, TextDelta):
@@ -312,18 +317,8 @@ class _Watchdog:
 async def _record(event: Event, log: StreamLog, meter: Meter) -> bool:
     """Log one provider event; ``True`` once the stream is complete."""
     if isinstance(event, TextDelta):
-        now = time.perf_counter()
-        if meter.observer is not None:
-            if meter.last_token is None:
-                meter.observer.on_first_token(meter, now)
-            else:
-                meter.observer.on_token(meter, now)
-        if meter.first_token is None:
-            meter.first_token = now
-            if meter.usage is not None:
-                await log.append(meter.usage)
-        meter.last_token = now
-        meter.deltas += 1
+        if _counted(meter) and meter.usage is not None:
+            await log.append(meter.usage)  # the usage known before the first text goes first
         await log.append(event)
     elif isinstance(event, Usage):
         meter.usage = event
@@ -333,6 +328,22 @@ async def _record(event: Event, log: StreamLog, meter: Meter) -> bool:
     elif isinstance(event, ErrorEvent):
         raise error_from_code(event.code, event.message, event.retry_after)
     return False
+
+
+def _counted(meter: Meter) -> bool:
+    """Count a text delta in ``meter`` (and its observer) as it arrives; ``True`` if it is the first."""
+    now = time.perf_counter()
+    first = meter.first_token is None
+    if meter.observer is not None:
+        if meter.last_token is None:
+            meter.observer.on_first_token(meter, now)
+        else:
+            meter.observer.on_token(meter, now)
+    if first:
+        meter.first_token = now
+    meter.last_token = now
+    meter.deltas += 1
+    return first
 
 
 async def _first_text_out(first_sent: asyncio.Event | None) -> None:

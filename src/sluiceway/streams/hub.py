@@ -250,7 +250,8 @@ class StreamHub:
         self._keys: dict[str, str] = {}
         self._to_retire: deque[tuple[float, str]] = deque()  # (when, stream id), in time order
         self._to_forget: deque[tuple[float, str]] = deque()
-        self._sweep: asyncio.TimerHandle | None = None
+        self._sweep: asyncio.Handle | None = None  # uvloop's call_at gives a plain Handle when past due
+        self._sweep_due = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._drain: asyncio.Task[None] | None = None
@@ -417,7 +418,7 @@ class StreamHub:
             due = now + self.settings.retire_after_s
             self._to_retire.append((due, stream.stream_id))
         self._to_forget.append((now + self.settings.retention_s, stream.stream_id))
-        if self._sweep is None or due < self._sweep.when():  # e.g. armed for an expiry, later
+        if self._sweep is None or due < self._sweep_due:  # e.g. armed for an expiry, later
             if self._sweep is not None:
                 self._sweep.cancel()
             self._arm_sweep()
@@ -425,7 +426,8 @@ class StreamHub:
     def _arm_sweep(self) -> None:
         """One timer for every finished stream: at the next retirement or expiry due."""
         due = [queue[0][0] for queue in (self._to_retire, self._to_forget) if queue]
-        self._sweep = asyncio.get_running_loop().call_at(min(due), self._swept) if due else None
+        self._sweep_due = min(due, default=0.0)
+        self._sweep = asyncio.get_running_loop().call_at(self._sweep_due, self._swept) if due else None
 
     def _swept(self) -> None:
         now = asyncio.get_running_loop().time()
