@@ -379,22 +379,15 @@ def main() -> int:
         )
         wait_http(f"{mock_url}/stats", mock, 30)
         targets = {"direct": Target("direct", mock_url, mock.pid, {"fast": "mock-d0", "cadence": "mock-d20"})}
-        if "floor" in wanted:
+        for name, script in (("floor", "floor_relay.py"), ("http-floor", "http_floor.py")):
+            if name not in wanted:
+                continue
             port = free_port()
-            cmd = [PYTHON, str(HERE / "floor_relay.py"), "--port", str(port), "--upstream", mock_url]
-            proc = stack.enter_context(process(cmd, tmp / "floor.log"))
+            cmd = [PYTHON, str(HERE / script), "--port", str(port), "--upstream", mock_url]
+            proc = stack.enter_context(process(cmd, tmp / f"{name}.log"))
             url = f"http://127.0.0.1:{port}"
             wait_http(f"{url}/stats", proc, 30)
-            targets["floor"] = Target("floor", url, proc.pid, {"fast": "mock-d0", "cadence": "mock-d20"})
-        if "http-floor" in wanted:
-            port = free_port()
-            cmd = [PYTHON, str(HERE / "http_floor.py"), "--port", str(port), "--upstream", mock_url]
-            proc = stack.enter_context(process(cmd, tmp / "http-floor.log"))
-            url = f"http://127.0.0.1:{port}"
-            wait_http(f"{url}/stats", proc, 30)
-            targets["http-floor"] = Target(
-                "http-floor", url, proc.pid, {"fast": "mock-d0", "cadence": "mock-d20"}
-            )
+            targets[name] = Target(name, url, proc.pid, {"fast": "mock-d0", "cadence": "mock-d20"})
         if "sluiceway" in wanted:
             port = free_port()
             cmd = [PYTHON, "-m", "sluiceway", "serve", "--config", str(sluiceway_config(tmp, mock_url))]
