@@ -11,7 +11,6 @@ from collections.abc import Iterator
 import pytest
 
 from sluiceway.cli import serve
-from sluiceway.cli.serve import GC_THRESHOLD, memory_trimmer, settle_gc
 
 
 @pytest.fixture
@@ -28,10 +27,10 @@ def test_settle_gc_freezes_start_up_objects_and_raises_the_young_threshold() -> 
         pass
 
     kept = [Kept() for _ in range(100)]
-    settle_gc()
+    serve.settle_gc()
     assert gc.get_freeze_count() >= len(kept)  # what lived at start-up is out of the collector's walks
-    assert gc.get_threshold() == GC_THRESHOLD
-    assert GC_THRESHOLD[0] > 700
+    assert gc.get_threshold() == serve.GC_THRESHOLD
+    assert serve.GC_THRESHOLD[0] > 700
     garbage = []
     garbage.append(garbage)  # a cycle made after start-up is still collected
     del garbage
@@ -51,7 +50,7 @@ print(high, rss())
 """
 
 
-@pytest.mark.skipif(memory_trimmer() is None, reason="no malloc_trim in this C library")
+@pytest.mark.skipif(serve.memory_trimmer() is None, reason="no malloc_trim in this C library")
 def test_the_trimmer_gives_freed_heap_pages_back_to_the_system() -> None:
     """Freed between survivors, the memory stays with the process until ``malloc_trim``."""
     probe = subprocess.run([sys.executable, "-c", TRIM_PROBE], capture_output=True, text=True, check=True)
