@@ -11,9 +11,14 @@ client's disconnect and cancels the relay, so the upstream connection closes whe
 What sluiceway costs above this is its own work (the SDK, parsing and re-encoding, the lifecycle);
 what this costs above :mod:`floor_relay` is HTTP itself in Python.
 
-Used by :mod:`relay` as the ``http-floor`` target. Loopback only.
+With ``--sdk`` the request goes on through the official ``openai`` SDK instead, as sluiceway's
+``openai`` provider sends it (``AsyncOpenAI`` over its aiohttp transport, the body as JSON bytes,
+the raw response), and the body is read from the aiohttp response under it, as the provider reads
+it: the least a relay that sends through the SDK costs (the ``sdk-floor`` target).
 
-Run: ``python benchmarks/http_floor.py --upstream http://127.0.0.1:9100 --port 9200``
+Used by :mod:`relay` as the ``http-floor`` and ``sdk-floor`` targets. Loopback only.
+
+Run: ``python benchmarks/http_floor.py --upstream http://127.0.0.1:9100 --port 9200 [--sdk]``
 """
 
 from __future__ import annotations
@@ -26,7 +31,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import httpx2
+import openai
 import uvicorn
+from openai import AsyncStream
+from openai._base_client import make_request_options
+from openai._constants import RAW_RESPONSE_HEADER
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 Scope = MutableMapping[str, Any]
@@ -38,9 +49,18 @@ Send = Callable[[Message], Awaitable[None]]
 class Relay:
     """The ASGI app: every HTTP request is sent on to ``upstream`` and its answer streamed back."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, sdk: bool = False) -> None:
         self.upstream = upstream.rstrip("/")
         self.session: aiohttp.ClientSession | None = None
+        self.sdk: openai.AsyncOpenAI | None = None
+        if sdk:
+            pool = httpx2.Limits(max_connections=0, keepalive_expiry=5.0)
+            self.sdk = openai.AsyncOpenAI(
+                base_url=self.upstream + "/v1",
+                api_key="sk-no-key-required",
+                max_retries=0,
+                http_client=openai.DefaultAioHttpClient(limits=pool),
+            )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -64,7 +84,10 @@ class Relay:
 
         watcher = asyncio.get_running_loop().create_task(watch())
         try:
-            await self.relay(scope, body, send)
+            if self.sdk is not None and scope["path"] == "/v1/chat/completions":
+                await self.relay_sdk(self.sdk, body, send)
+            else:
+                await self.relay(scope, body, send)
         except asyncio.CancelledError:
             if not watcher.done():
                 raise
@@ -84,6 +107,30 @@ class Relay:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
+    async def relay_sdk(self, sdk: openai.AsyncOpenAI, body: bytes, send: Send) -> None:
+        options = make_request_options(
+            extra_headers={RAW_RESPONSE_HEADER: "stream"}, security={"bearer_auth": True}
+        )
+        response = await sdk.post(
+            "/chat/completions",
+            content=body,
+            cast_to=ChatCompletion,
+            options=options,
+            stream=True,
+            stream_cls=AsyncStream[ChatCompletionChunk],
+        )
+        raw = response.http_response.stream._stream._aiohttp_response  # type: ignore[attr-defined]
+        try:
+            kind = raw.headers.get("content-type", "application/octet-stream").encode()
+            await send(
+                {"type": "http.response.start", "status": raw.status, "headers": [(b"content-type", kind)]}
+            )
+            while chunk := await raw.content.readany():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        finally:
+            raw.release()
+        await send({"type": "http.response.body", "body": b""})
+
     async def lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
@@ -97,6 +144,9 @@ class Relay:
                 if self.session is not None:
                     with contextlib.suppress(Exception):
                         await self.session.close()
+                if self.sdk is not None:
+                    with contextlib.suppress(Exception):
+                        await self.sdk.close()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -106,12 +156,13 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True, help="the mock upstream's base URL")
+    parser.add_argument("--sdk", action="store_true", help="send chat completions through the openai SDK")
     args = parser.parse_args()
     target = urlsplit(args.upstream)
     if args.host not in LOOPBACK or target.hostname not in LOOPBACK or target.port is None:
         parser.error("loopback only (the upstream: a loopback URL with a port)")
     uvicorn.run(
-        Relay(args.upstream),
+        Relay(args.upstream, sdk=args.sdk),
         host=args.host,
         port=args.port,
         loop="auto",

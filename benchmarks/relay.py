@@ -6,7 +6,8 @@ process with two ``openai``-provider models pointing at the mock (``fast``: no d
 models, :mod:`floor_relay` (a byte-for-byte TCP relay: the least any relay in Python costs here) and
 :mod:`http_floor` (the least an HTTP relay costs on sluiceway's own stack: uvicorn, a bare ASGI
 function, aiohttp), so "sluiceway vs HTTP floor" is the share of the relay's cost that is sluiceway's
-own.
+own, and the same with ``--sdk`` (``sdk-floor``: the request sent on through the official ``openai``
+SDK, as sluiceway's provider sends it), so "SDK floor vs HTTP floor" is the share of the SDK.
 :mod:`loadgen` runs in a process of its own for every measurement. All on loopback; every run is
 bounded in requests and in time.
 
@@ -48,6 +49,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PYTHON = sys.executable
 LITELLM = HERE / ".venv-litellm" / "bin" / "litellm"
+FLOORS = ("floor", "http-floor", "sdk-floor")
+"""The floor targets, in the order their figures are bracketed in the ratio table."""
 DOCS = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Relay: sluiceway vs direct vs LiteLLM"
 
@@ -286,34 +289,38 @@ def table(summary: dict[str, dict[str, dict[str, Any]]], cancels: dict[str, dict
             )
     lines += [
         "",
-        "Ratios (sluiceway against the others, same run; in brackets the floor · the HTTP floor against "
+        "Ratios (sluiceway against the others, same run; in brackets the floor · the HTTP floor · the SDK "
+        "floor against "
         "direct):",
         "",
     ]
     lines.append(
-        "| scenario | tokens/s vs direct (floors) | tokens/s vs HTTP floor | tokens/s vs LiteLLM "
+        "| scenario | tokens/s vs direct (floors) | tokens/s vs HTTP floor | tokens/s vs SDK floor "
+        "| tokens/s vs LiteLLM "
         "| added TTFT p50 ms (floors) | added TTFT p99 ms (floors) | added ITL p99 ms (floors) |"
     )
-    lines.append("|---|---:|---:|---:|---:|---:|---:|")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
     for scenario, targets in summary.items():
-        s, d, lite = targets.get("sluiceway"), targets.get("direct"), targets.get("litellm")
-        floors = [f for f in (targets.get("floor"), targets.get("http-floor")) if f is not None]
-        if s is None or d is None:
+        ours, d, lite = targets.get("sluiceway"), targets.get("direct"), targets.get("litellm")
+        floors = [targets[f] for f in FLOORS if f in targets]
+        if ours is None or d is None:
             continue
 
         def cell(value: str, of_floors: list[str]) -> str:
             return f"{value} ({' · '.join(of_floors)})" if of_floors else value
 
-        rate, http_floor = s["tokens_per_s"], targets.get("http-floor")
+        rate: float | None = ours["tokens_per_s"]
+        http_floor, sdk_floor = targets.get("http-floor"), targets.get("sdk-floor")
         cells = [
             cell(
                 ratio(rate, d["tokens_per_s"]), [ratio(f["tokens_per_s"], d["tokens_per_s"]) for f in floors]
             )
         ]
-        cells.append(ratio(rate, http_floor and http_floor["tokens_per_s"]))
-        cells.append(ratio(s["tokens_per_s"], lite and lite["tokens_per_s"]))
+        cells.append(ratio(rate, http_floor["tokens_per_s"] if http_floor else None))
+        cells.append(ratio(rate, sdk_floor["tokens_per_s"] if sdk_floor else None))
+        cells.append(ratio(rate, lite["tokens_per_s"] if lite else None))
         for key in ("ttft_p50_ms", "ttft_p99_ms", "itl_p99_ms"):
-            cells.append(cell(diff(s[key], d[key]), [diff(f[key], d[key]) for f in floors]))
+            cells.append(cell(diff(ours[key], d[key]), [diff(f[key], d[key]) for f in floors]))
         lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -355,7 +362,9 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per max-rate run (default 3)")
     parser.add_argument("--full", action="store_true", help="LiteLLM at 1,000 and 2,000 streams too (slow)")
     parser.add_argument(
-        "--targets", default="direct,floor,http-floor,sluiceway,litellm", help="comma-separated subset"
+        "--targets",
+        default="direct,floor,http-floor,sdk-floor,sluiceway,litellm",
+        help="comma-separated subset",
     )
     parser.add_argument("--only", help="run only scenarios whose name contains this text")
     parser.add_argument("--cancels", type=int, default=10, help="cancel-latency samples per target")
@@ -379,11 +388,13 @@ def main() -> int:
         )
         wait_http(f"{mock_url}/stats", mock, 30)
         targets = {"direct": Target("direct", mock_url, mock.pid, {"fast": "mock-d0", "cadence": "mock-d20"})}
-        for name, script in (("floor", "floor_relay.py"), ("http-floor", "http_floor.py")):
+        for name in FLOORS:
             if name not in wanted:
                 continue
             port = free_port()
+            script = "floor_relay.py" if name == "floor" else "http_floor.py"
             cmd = [PYTHON, str(HERE / script), "--port", str(port), "--upstream", mock_url]
+            cmd += ["--sdk"] if name == "sdk-floor" else []
             proc = stack.enter_context(process(cmd, tmp / f"{name}.log"))
             url = f"http://127.0.0.1:{port}"
             wait_http(f"{url}/stats", proc, 30)
@@ -448,7 +459,8 @@ def main() -> int:
         "Python costs on this machine: one read and one write per chunk, no parsing); HTTP floor = "
         "benchmarks/http_floor.py, the least an HTTP relay costs on sluiceway's stack (uvicorn parses the "
         "request, a bare ASGI function sends it on with aiohttp and streams the body back unchanged, a "
-        "disconnect cancels it); "
+        "disconnect cancels it); SDK floor = the same, the request sent on through the openai SDK as "
+        "sluiceway's provider sends it (what the official SDK adds to an HTTP relay); "
         "LiteLLM at 1,000 and 2,000 streams only with `--full` (minutes per run at its rate).",
         "tokens/s counts text deltas received by the client; TTFT is from connect to the first text delta; "
         "ITL is the gap between consecutive text deltas (deltas read together count 0 ms apart).",

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
+import orjson
 import pytest
 
 from sluiceway.errors import (
@@ -18,8 +21,9 @@ from sluiceway.errors import (
     UpstreamUnavailableError,
 )
 from sluiceway.events import Event, Finish, TextDelta, Usage
+from sluiceway.providers import openai as openai_provider
 from sluiceway.providers.base import ModelConfig, Provider
-from sluiceway.providers.openai import KEYLESS_PLACEHOLDER, _body, create
+from sluiceway.providers.openai import KEYLESS_PLACEHOLDER, _aiohttp_response, _ChunkParser, create
 from sluiceway.requests import ChatRequest, Message, make_request
 from sluiceway.testing import OpenAIUpstream, Script, UpstreamLog
 from tests.providers.conftest import API_KEY, KEY_ENV, Served
@@ -240,12 +244,32 @@ async def test_the_body_is_read_from_aiohttp_not_through_the_sdk_wrappers(
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "hello there world"
 
 
+async def test_the_sdk_objects_are_let_go_once_the_response_is_open(
+    provider: Provider, openai_upstream: OpenAIUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    openai_upstream.script = Script(tokens=1000, delay_ms=20)
+    held: list[weakref.ref[object]] = []
+    pick = openai_provider._aiohttp_response
+
+    def noting(response: Any) -> Any:
+        held.extend([weakref.ref(response), weakref.ref(response.http_response.request)])
+        return pick(response)
+
+    monkeypatch.setattr(openai_provider, "_aiohttp_response", noting)
+    events = provider.stream(ask())
+    assert isinstance(await anext(events), TextDelta)
+    gc.collect()
+    assert len(held) == 2 and all(ref() is None for ref in held)
+    await events.aclose()
+    assert await disconnected(openai_upstream.log)
+
+
 @pytest.mark.parametrize(
     ("stream", "headers"),
     [(object(), {}), (None, {"content-encoding": "gzip"})],
     ids=["another-transport", "compressed"],
 )
-async def test_other_bodies_go_through_the_sdk(stream: object, headers: dict[str, str]) -> None:
+def test_other_bodies_go_through_the_sdk(stream: object, headers: dict[str, str]) -> None:
     class Http:
         def __init__(self) -> None:
             self.headers = headers
@@ -254,17 +278,64 @@ async def test_other_bodies_go_through_the_sdk(stream: object, headers: dict[str
     class Response:
         http_response = Http()
 
-        async def iter_bytes(self) -> AsyncIterator[bytes]:
-            yield b"data: 1\n\n"
-
-    chunks = [chunk async for chunk in _body(Response())]  # type: ignore[arg-type]
-    assert chunks == [b"data: 1\n\n"]
+    assert _aiohttp_response(Response()) is None  # type: ignore[arg-type]
 
 
 class _AiohttpLike:
     def __init__(self) -> None:
         import aiohttp
 
-        self._aiohttp_response = type(
-            "R", (), {"content": aiohttp.StreamReader.__new__(aiohttp.StreamReader)}
-        )()
+        self._aiohttp_response = aiohttp.ClientResponse.__new__(aiohttp.ClientResponse)
+        self._aiohttp_response.content = aiohttp.StreamReader.__new__(aiohttp.StreamReader)
+
+
+def chunk(**fields: Any) -> bytes:
+    return b"data: " + orjson.dumps({"id": "c", "object": "chat.completion.chunk", **fields}) + b"\n\n"
+
+
+def delta(text: str) -> bytes:
+    return chunk(choices=[{"index": 0, "delta": {"content": text}, "finish_reason": None}])
+
+
+FINISH = chunk(choices=[{"index": 0, "delta": {}, "finish_reason": "length"}])
+USAGE = chunk(choices=[], usage={"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5})
+
+
+@pytest.mark.parametrize(
+    ("reads", "events"),
+    [
+        ([delta("a") + delta("b")], [TextDelta("a"), TextDelta("b")]),
+        ([delta("a")[:9], delta("a")[9:] + delta("")], [TextDelta("a")]),
+        ([delta("a") + FINISH + USAGE + b"data: [DONE]\n\n"], [TextDelta("a")]),
+        ([b"data: [DONE]\n\n", delta("late")], []),
+        ([b": comment\n\n", b"data: 1\n\n", delta("x")], [TextDelta("x")]),
+    ],
+    ids=["two-in-one-read", "split-across-reads", "finish-usage-done", "after-done-ignored", "not-chunks"],
+)
+def test_chunk_parser_events(reads: list[bytes], events: list[Event]) -> None:
+    parser = _ChunkParser("gpt", None)
+    assert [event for data in reads for event in parser.feed(data)] == events
+
+
+def test_chunk_parser_ends_with_usage_then_finish() -> None:
+    parser = _ChunkParser("gpt", None)
+    parser.feed(delta("a") + FINISH + USAGE)
+    assert parser.end() == [Usage(3, 2), Finish("length")]
+    no_usage = _ChunkParser("gpt", None)
+    no_usage.feed(chunk(choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}]))
+    assert no_usage.end() == [Finish("stop")]
+
+
+def test_chunk_parser_needs_a_finish_reason() -> None:
+    parser = _ChunkParser("gpt", None)
+    parser.feed(delta("a"))
+    with pytest.raises(UpstreamError, match="without a finish reason"):
+        parser.end()
+
+
+def test_chunk_parser_raises_an_in_band_error_without_the_key() -> None:
+    parser = _ChunkParser("gpt", "sk-secret-key-123456")
+    error = chunk(error={"message": "bad key sk-secret-key-123456", "type": "server_error"})
+    assert parser.feed(delta("a") + error + delta("b")) == [TextDelta("a")]
+    assert parser.error is not None and "sk-secret-key-123456" not in str(parser.error)
+    assert parser.feed(delta("c")) == []

@@ -11,7 +11,7 @@ import pytest
 
 from sluiceway.events import ErrorEvent, Event, Finish, TextDelta, Usage
 from sluiceway.requests import ChatRequest, Message
-from sluiceway.streams.generation import Meter, RetryPolicy, Timeouts, run_generation
+from sluiceway.streams.generation import FirstSent, Meter, RetryPolicy, Timeouts, run_generation
 from sluiceway.streams.log import MemoryStreamLog
 from tests.streams.polling import eventually
 from tests.streams.providers import Script, ScriptedProvider
@@ -191,3 +191,16 @@ async def test_cancel_during_a_retry_backoff_ends_at_once() -> None:
     task.cancel("stop")
     await asyncio.wait_for(task, 2)
     assert log.finished
+
+
+async def test_first_sent_wakes_its_waiter_and_outlives_a_timed_out_wait() -> None:
+    flag = FirstSent()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(flag.wait(), 0.01)  # the generation gives up waiting
+    waiting = asyncio.create_task(flag.wait())
+    await asyncio.sleep(0)
+    assert not flag.is_set() and not waiting.done()
+    flag.set()
+    await asyncio.wait_for(waiting, 1)
+    assert flag.is_set()
+    await asyncio.wait_for(flag.wait(), 1)  # already set: returns at once

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 
 from sluiceway.errors import StreamNotFoundError
 from sluiceway.events import ErrorEvent, Event, Finish, TextDelta, Usage
-from sluiceway.streams.codec import EVENT_OVERHEAD
+from sluiceway.streams.codec import EVENT_OVERHEAD, event_size
 from sluiceway.streams.log import BATCH_BYTES, Batch, MemoryStreamLog, StreamLog
 from sluiceway.streams.redis_log import RedisStreamLog
 from tests.streams.polling import eventually
@@ -290,6 +290,34 @@ async def test_a_finished_memory_log_reads_back_every_event_it_held() -> None:
     assert lagged[0][1].code == "reader_lagged"  # type: ignore[union-attr]
 
 
+async def test_a_text_read_by_the_only_reader_is_held_as_its_text_alone() -> None:
+    log = MemoryStreamLog("s1")
+    log.append_nowait(Usage(1, 0))
+    deltas = [TextDelta(f"zr{i}") for i in range(20)]
+    for delta in deltas:
+        log.append_nowait(delta)
+    size = log.held_bytes
+    reader = log.read(0)
+    batch = await anext(reader)
+    assert [event for _, event in batch or ()] == [Usage(1, 0), *deltas]
+    assert all(a is b for (_, a), b in zip((batch or [])[1:], deltas, strict=True))  # the very objects
+    log.append_nowait(TextDelta("zr20"))
+    assert await anext(reader) == [(22, TextDelta("zr20"))]  # the first batch was handed on
+    del batch, deltas, delta
+    gc.collect()
+    held = [o.text for o in gc.get_objects() if isinstance(o, TextDelta) and o.text.startswith("zr")]
+    assert held == ["zr20"]  # the one not handed on yet
+    again = [pair async for pair in _first_batch(log.read(0))]  # a second reader: rebuilt deltas
+    assert again == [(1, Usage(1, 0)), *((2 + i, TextDelta(f"zr{i}")) for i in range(21))]
+    assert log.held_bytes == size + event_size(TextDelta("zr20"))
+    await reader.aclose()
+
+
+async def _first_batch(reader: AsyncIterator[Batch | None]) -> AsyncIterator[tuple[int, Event]]:
+    for pair in await anext(reader) or ():
+        yield pair
+
+
 async def test_a_reader_behind_at_the_finish_gets_the_appended_objects_then_the_log_compacts() -> None:
     log = MemoryStreamLog("s1")
     deltas = [TextDelta(f"zq{i}") for i in range(50)]
@@ -299,13 +327,14 @@ async def test_a_reader_behind_at_the_finish_gets_the_appended_objects_then_the_
     for delta in deltas:
         log.append_nowait(delta)
     log.append_nowait(Finish("stop"))
+    assert log._done is None  # not compacted under a reader
     rest = [event async for batch in reader for _, event in batch or ()]
     assert [event for _, event in first or ()] == [Usage(1, 0)]
-    read = rest
-    assert all(a is b for a, b in zip(read[:50], deltas, strict=True))  # not rebuilt copies
-    assert read[50:] == [Finish("stop")]
-    del deltas, read, rest, first, delta
-    gc.collect()  # the reader has left: the log holds its texts compactly, no delta objects
+    assert all(a is b for a, b in zip(rest[:50], deltas, strict=True))  # not rebuilt copies
+    assert rest[50:] == [Finish("stop")]
+    assert log._done is not None  # the reader has left: compacted
+    del deltas, rest, first, delta
+    gc.collect()
     assert not any(isinstance(o, TextDelta) and o.text.startswith("zq") for o in gc.get_objects())
     assert [e.text for e in log.events[1:3] if isinstance(e, TextDelta)] == ["zq0", "zq1"]
 

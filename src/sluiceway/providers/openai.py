@@ -2,14 +2,15 @@
 
 How it works: one ``AsyncOpenAI`` client per configured model (retries off: the relay decides about
 retries and fallbacks), over the SDK's aiohttp transport (``DefaultAioHttpClient``: about a third less
-CPU per relayed token than its default httpx2 one, docs/benchmarks.md). ``stream`` opens the request
-as ``chat.completions.with_streaming_response.create(stream=True)`` would (see :meth:`_open`) inside
-``async with``, so when the relay cancels the task or closes the generator, the SDK closes the HTTP
-response and the upstream sees the disconnect and stops generating. The SDK sends the request
-and raises the HTTP errors; the chunks themselves are read as raw SSE bytes (sans-IO
-:class:`~sluiceway.wire.sse.SSEDecoder`, then ``orjson.loads``), because building the SDK's pydantic
-``ChatCompletionChunk`` for every token cost about 80% of the relay's CPU (docs/benchmarks.md).
-The finish chunk comes before the usage chunk, so both are held and emitted after the last delta.
+CPU per relayed token than its default httpx2 one, docs/benchmarks.md). ``stream`` sends the request
+as ``chat.completions.with_streaming_response.create(stream=True)`` would (see :meth:`_send`): the SDK
+builds it, authenticates, sends it and raises the HTTP errors. Once the response is open, only the
+aiohttp response under it is kept (the SDK's own objects go, ≈ 10 KB a stream) and released in a
+``finally``, so when the relay cancels the task or closes the generator the connection closes and
+the upstream sees the disconnect and stops generating. The chunks are read as raw SSE bytes and
+parsed by the sans-IO :class:`_ChunkParser` (:class:`~sluiceway.wire.sse.SSEDecoder`, then
+``orjson.loads``), because building the SDK's pydantic ``ChatCompletionChunk`` for every token cost
+about 80% of the relay's CPU (docs/benchmarks.md).
 SDK failures are translated once, in :meth:`OpenAIProvider.stream`, by
 :mod:`sluiceway.providers._sdk_errors`.
 
@@ -21,7 +22,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any, cast
+from functools import partial
+from typing import cast
 
 import aiohttp
 import httpx2
@@ -30,7 +32,7 @@ import orjson
 from openai import AsyncStream
 from openai._base_client import make_request_options
 from openai._constants import RAW_RESPONSE_HEADER
-from openai._response import AsyncAPIResponse, AsyncResponseContextManager
+from openai._response import AsyncAPIResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
 
 from sluiceway.errors import SluicewayError, UpstreamError
@@ -87,59 +89,48 @@ class OpenAIProvider:
     async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
         if self._missing_key_env is not None:
             raise _sdk_errors.missing_key(self.name, self._missing_key_env)
-        finish_reason: str | None = None
-        usage: Usage | None = None
+        parser = _ChunkParser(self.name, self._api_key)
         try:
-            async with self._open(request) as response:
-                async for chunk in self._chunks(response):
-                    counts = chunk.get("usage")
-                    if counts:
-                        usage = Usage(counts.get("prompt_tokens") or 0, counts.get("completion_tokens") or 0)
-                    for choice in chunk.get("choices") or ():
-                        content = (choice.get("delta") or {}).get("content")
-                        if content:
-                            yield TextDelta(content)
-                        finish_reason = choice.get("finish_reason") or finish_reason
+            response = await self._send(request)
+            raw = _aiohttp_response(response)
+            if raw is None:
+                body, close = response.iter_bytes(), response.close
+            else:  # the SDK's request and response objects are not needed any more: they go now
+                body, close = _read(raw.content), partial(_release, raw)
+            del response, raw
+            try:
+                async for data in body:
+                    for event in parser.feed(data):
+                        yield event
+                    if parser.error is not None:
+                        raise parser.error
+            finally:
+                await close()
         except _SDK_ERRORS as exc:
             raise self._translate(exc) from exc
-        if finish_reason is None:
-            raise UpstreamError(f"model {self.name!r}: upstream ended the stream without a finish reason")
-        if usage is not None:
-            yield usage
-        yield Finish(_FINISH.get(finish_reason, "stop"))
+        for event in parser.end():
+            yield event
 
-    async def _chunks(self, response: _Response) -> AsyncIterator[dict[str, Any]]:
-        """The stream's JSON chunks up to ``[DONE]`` (the rest is read, so the connection is reused)."""
-        decoder = SSEDecoder()
-        done = False
-        async for raw in _body(response):
-            if done:
-                continue
-            for data in decoder.feed_data(raw):
-                if data.startswith("[DONE]"):
-                    done = True
-                    break
-                chunk = orjson.loads(data)
-                if isinstance(chunk, dict) and chunk.get("error"):
-                    raise _sdk_errors.from_stream_error(chunk["error"], model=self.name, secret=self._api_key)
-                if isinstance(chunk, dict):
-                    yield chunk
-
-    def _open(self, request: ChatRequest) -> AsyncResponseContextManager[_Response]:
+    def _send(self, request: ChatRequest) -> Awaitable[_Response]:
         """POST the request body as built here: what ``chat.completions.with_streaming_response.create``
         sends, without its per-request walk over the parameters' ``TypedDict`` (about a tenth of a
         request's CPU, docs/benchmarks.md); the SDK still sends it, authenticates and raises. The
         body goes as JSON bytes (``orjson``, as ``content``): the SDK sends them as they are instead
-        of running its own ``json.dumps``, about 25 µs less per request."""
-        response = self._client.post(
-            "/chat/completions",
-            content=orjson.dumps(self._body(request)),
-            cast_to=ChatCompletion,
-            options=_STREAM_OPTIONS,
-            stream=True,
-            stream_cls=AsyncStream[ChatCompletionChunk],
+        of running its own ``json.dumps``, about 25 µs less per request. They are copied once:
+        ``orjson.dumps`` returns its bytes in a 4 KiB allocation whatever their length, and the
+        upstream client holds them while the stream runs."""
+        body = memoryview(orjson.dumps(self._body(request))).tobytes()
+        return cast(
+            "Awaitable[_Response]",
+            self._client.post(
+                "/chat/completions",
+                content=body,
+                cast_to=ChatCompletion,
+                options=_STREAM_OPTIONS,
+                stream=True,
+                stream_cls=AsyncStream[ChatCompletionChunk],
+            ),
         )
-        return AsyncResponseContextManager(cast("Awaitable[_Response]", response))
 
     def _body(self, request: ChatRequest) -> dict[str, object]:
         body: dict[str, object] = {
@@ -174,26 +165,82 @@ class OpenAIProvider:
         await self._client.close()
 
 
-async def _body(response: _Response) -> AsyncIterator[bytes]:
-    """The response body as it arrives.
+class _ChunkParser:
+    """Events from the response body's bytes (sans-IO): SSE data lines, each an ``orjson``-parsed
+    chunk, up to ``[DONE]`` (bytes after it are ignored; they are still read, so the connection
+    is reused). The finish chunk comes before the usage chunk, so both are held and emitted by
+    :meth:`end`, after the last delta. An in-band error ends the stream: the deltas before it are
+    returned and the error is left in :attr:`error` to raise after them. Nothing of a chunk is kept
+    between reads."""
 
-    Under the SDK's aiohttp transport an uncompressed body is read from the aiohttp response
-    itself: the same bytes as ``response.iter_bytes()`` without its five layers of wrapping
-    generators per read (about a sixth of the relay's CPU per token at 20 ms cadence,
-    docs/benchmarks.md). aiohttp's errors are raised as the transport would raise them (``httpx2``
-    read errors), so they are translated as before. Anything else goes through ``iter_bytes()``.
-    """
+    __slots__ = ("_decoder", "_done", "_finish_reason", "_model", "_secret", "_usage", "error")
+
+    def __init__(self, model: str, secret: str | None) -> None:
+        self._model = model
+        self._secret = secret
+        self._decoder = SSEDecoder()
+        self._done = False
+        self._finish_reason: str | None = None
+        self._usage: Usage | None = None
+        self.error: SluicewayError | None = None
+
+    def feed(self, data: bytes) -> list[Event]:
+        events: list[Event] = []
+        if self._done:
+            return events
+        for line in self._decoder.feed_data(data):
+            if line.startswith("[DONE]"):
+                self._done = True
+                break
+            chunk = orjson.loads(line)
+            if not isinstance(chunk, dict):
+                continue
+            if chunk.get("error"):
+                self.error = _sdk_errors.from_stream_error(
+                    chunk["error"], model=self._model, secret=self._secret
+                )
+                self._done = True
+                break
+            counts = chunk.get("usage")
+            if counts:
+                self._usage = Usage(counts.get("prompt_tokens") or 0, counts.get("completion_tokens") or 0)
+            for choice in chunk.get("choices") or ():
+                content = (choice.get("delta") or {}).get("content")
+                if content:
+                    events.append(TextDelta(content))
+                self._finish_reason = choice.get("finish_reason") or self._finish_reason
+        return events
+
+    def end(self) -> list[Event]:
+        """The usage and the finish, once the body has ended."""
+        if self._finish_reason is None:
+            raise UpstreamError(f"model {self._model!r}: upstream ended the stream without a finish reason")
+        finish = Finish(_FINISH.get(self._finish_reason, "stop"))
+        return [finish] if self._usage is None else [self._usage, finish]
+
+
+def _aiohttp_response(response: _Response) -> aiohttp.ClientResponse | None:
+    """The aiohttp response under the SDK's, when its body can be read from it directly: under the
+    SDK's aiohttp transport and uncompressed. Read so, it is the same bytes as
+    ``response.iter_bytes()`` without its five layers of wrapping generators per read (about a
+    sixth of the relay's CPU per token at 20 ms cadence, docs/benchmarks.md), and the SDK's own
+    request and response objects (≈ 10 KB a stream, with their copies of the options and headers)
+    need not be held while the stream runs."""
     http = response.http_response
     stream = getattr(http.stream, "_stream", http.stream)  # httpx2's BoundAsyncStream holds the transport's
     raw = getattr(stream, "_aiohttp_response", None)
-    content = getattr(raw, "content", None)
     if (
-        not isinstance(content, aiohttp.StreamReader)
+        not isinstance(raw, aiohttp.ClientResponse)
+        or not isinstance(raw.content, aiohttp.StreamReader)
         or http.headers.get("content-encoding", "identity") != "identity"
     ):
-        async for chunk in response.iter_bytes():
-            yield chunk
-        return
+        return None
+    return raw
+
+
+async def _read(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """An aiohttp response body as it arrives; aiohttp's errors are raised as the SDK's transport
+    would raise them (``httpx2`` read errors), so they are translated as any other."""
     while True:
         try:
             chunk = await content.readany()
@@ -204,6 +251,14 @@ async def _body(response: _Response) -> AsyncIterator[bytes]:
         if not chunk:
             return
         yield chunk
+
+
+async def _release(raw: aiohttp.ClientResponse) -> None:
+    """What the SDK's transport does when its response is closed (``ClientResponse.__aexit__``):
+    the connection goes back to the pool when the body was read to its end, else it is closed,
+    which tells the upstream to stop."""
+    raw.release()
+    await raw.wait_for_close()
 
 
 def _message(message: Message) -> ChatCompletionMessageParam:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, Mapping
+from functools import partial
 
 from fastapi import FastAPI
 from starlette.responses import Response
@@ -62,10 +63,14 @@ class EventStreamResponse(Response):
         self.init_headers(headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        first_done = asyncio.get_running_loop().create_future()  # not asyncio.wait: ≈ 1 KB less a stream
+        settle = partial(_settle, first_done)
         sender = asyncio.create_task(self._send_body(send, scope.get(SERVER_SEND, send)))
+        sender.add_done_callback(settle)
         listener = asyncio.create_task(_wait_disconnect(receive))
+        listener.add_done_callback(settle)
         try:
-            await asyncio.wait({sender, listener}, return_when=asyncio.FIRST_COMPLETED)
+            await first_done
         finally:
             await asyncio.gather(_stop(sender), _stop(listener))
             await self.chunks.aclose()
@@ -80,6 +85,11 @@ class EventStreamResponse(Response):
             await send_body({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             return
+
+
+def _settle(first_done: asyncio.Future[None], _: asyncio.Task[None]) -> None:
+    if not first_done.done():
+        first_done.set_result(None)
 
 
 async def _stop(task: asyncio.Task[None]) -> None:

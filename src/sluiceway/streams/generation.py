@@ -71,6 +71,34 @@ class RetryPolicy:
         return max(backoff, retry_after or 0.0)
 
 
+class FirstSent:
+    """Set once a reader has handed the stream's first text on; the generation waits for it,
+    briefly (:data:`FIRST_SEND_WAIT_S`). One per stream, so kept small: an ``asyncio.Event``
+    costs ≈ 860 bytes (a deque for its waiters); this ≈ 60, plus a future only while waited on."""
+
+    __slots__ = ("_set", "_waiter")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        self._waiter = None
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        if self._waiter is None or self._waiter.done():
+            self._waiter = asyncio.get_running_loop().create_future()
+        await self._waiter
+
+
 class StreamObserver(Protocol):
     """Told how one generation goes (metrics): its first token, each later one, and its end.
 
@@ -144,7 +172,7 @@ async def run_generation(
     fallbacks: Sequence[Candidate] = (),
     timeouts: Timeouts | None = None,
     retry: RetryPolicy | None = None,
-    first_sent: asyncio.Event | None = None,
+    first_sent: FirstSent | None = None,
 ) -> None:
     """Relay ``request`` (then its fallbacks) into ``log``; never raises except for cancellation races.
 
@@ -188,7 +216,7 @@ async def _run_chain(
     meter: Meter,
     timeouts: Timeouts,
     retry: RetryPolicy,
-    first_sent: asyncio.Event | None,
+    first_sent: FirstSent | None,
 ) -> None:
     last: SluicewayError | None = None
     try:
@@ -239,7 +267,7 @@ async def _relay(
     meter: Meter,
     timeouts: Timeouts,
     scope: asyncio.Timeout,
-    first_sent: asyncio.Event | None = None,
+    first_sent: FirstSent | None = None,
 ) -> None:
     """One attempt: provider events into the log until its ``Finish`` (or its end)."""
     meter.attempts += 1
@@ -346,7 +374,7 @@ def _counted(meter: Meter) -> bool:
     return first
 
 
-async def _first_text_out(first_sent: asyncio.Event | None) -> None:
+async def _first_text_out(first_sent: FirstSent | None) -> None:
     """Let the first text leave now, not after the burst the provider may hold behind it."""
     if first_sent is None:
         await asyncio.sleep(0)

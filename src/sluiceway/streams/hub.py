@@ -33,6 +33,7 @@ from sluiceway.requests import ChatRequest
 from sluiceway.streams.backend import MemoryBackend, RemoteStreamInfo, StreamBackend
 from sluiceway.streams.generation import (
     Candidate,
+    FirstSent,
     Meter,
     RetryPolicy,
     StreamObserver,
@@ -91,7 +92,7 @@ class Stream:
         self.readers = 0
         self.task: asyncio.Task[None] | None = None
         self.cancelled_by: str | None = None
-        self.first_sent = asyncio.Event()
+        self.first_sent = FirstSent()
         """Set once a reader has handed the first text on (the generation waits for it, briefly)."""
         self._backend = backend
         self._grace: asyncio.Task[None] | None = None

@@ -63,20 +63,23 @@ def lagged_batch(stream_id: str, after: int, first_seq: int) -> Batch:
 class MemoryStreamLog:
     """The in-process log: a list with a moving start; readers wait on futures made when they wait.
 
-    While the stream runs, readers get the very objects the generation appended. Once it has
-    finished and no read is in progress, the log is compacted (:class:`_Finished`): it is kept for
-    ``retention_s`` so that clients can resume, and as one object per token it cost ≈ 113 bytes a
-    token (now ≈ 14) and made every full garbage collection walk each of them (millions, at the
-    default retention; docs/benchmarks.md, "Garbage collection"). The hub later keeps it as plain
-    data (:meth:`retire`).
+    While the stream runs, readers get the very objects the generation appended; once the only
+    reader attached has passed a text delta, the log holds its text alone (a ``str`` in the list:
+    ≈ 70 bytes a token instead of ≈ 125 with its ``TextDelta`` and a size; 3-4 KB less per open
+    stream of 64 tokens), and a later reader (a resume) gets a ``TextDelta`` made for its batch.
+    Each event's size (``event_size``) follows from what is held, so none is kept. Once
+    the stream has finished and no read is in progress, the log is compacted (:class:`_Finished`):
+    it is kept for ``retention_s`` so that clients can resume, and as one object per token it cost
+    ≈ 113 bytes a token (now ≈ 14) and made every full garbage collection walk each of them
+    (millions, at the default retention; docs/benchmarks.md, "Garbage collection"). The hub later
+    keeps it as plain data (:meth:`retire`).
     """
 
     def __init__(self, stream_id: str, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         self.stream_id = stream_id
         self.max_bytes = max_bytes
-        self._events: list[Event | None] = []  # None: dropped by the bound, not yet compacted away
+        self._events: list[_Held] = []  # None: dropped by the bound, not yet compacted away
         self._done: _Finished | None = None  # the events, once compacted at the finish
-        self._sizes: list[int] = []
         self._start = 0  # index in _events of the oldest event held
         self._first_seq = 1
         self._bytes = 0
@@ -91,7 +94,9 @@ class MemoryStreamLog:
     @property
     def events(self) -> list[Event]:
         """The events still held, oldest first (all of them unless the bound dropped some)."""
-        return [event for event in self._held()[self._start :] if event is not None]
+        if self._done is not None:
+            return self._done[self._start :]
+        return [_event(held) for held in self._events[self._start :] if held is not None]
 
     @property
     def first_seq(self) -> int:
@@ -149,10 +154,8 @@ class MemoryStreamLog:
         """Append without awaiting (the memory log never blocks)."""
         if self._finished:
             raise RuntimeError(f"stream {self.stream_id} already finished")
-        size = event_size(event)
         self._events.append(event)
-        self._sizes.append(size)
-        self._bytes += size
+        self._bytes += EVENT_OVERHEAD + len(event.text) if type(event) is TextDelta else event_size(event)
         if self._bytes > self.max_bytes:
             self._trim()
         if isinstance(event, Finish):
@@ -168,13 +171,12 @@ class MemoryStreamLog:
 
     def _trim(self) -> None:
         while self._bytes > self.max_bytes and len(self._events) - self._start > 1:
-            self._bytes -= self._sizes[self._start]
+            self._bytes -= _size(self._events[self._start])
             self._events[self._start] = None  # release it now, not at the next compaction
             self._start += 1
             self._first_seq += 1
         if self._start > 64 and self._start * 2 > len(self._events):
             del self._events[: self._start]
-            del self._sizes[: self._start]
             self._start = 0
 
     def _compact(self) -> None:
@@ -183,23 +185,41 @@ class MemoryStreamLog:
         every event rebuilt from the compact form, about 4% of the relay's CPU then."""
         self._done = _Finished(self._events[self._start :])
         self._events = []
-        self._sizes = []  # the compact form knows each event's size
         self._start = 0
 
-    def _held(self) -> list[Event | None] | _Finished:
+    def _held(self) -> list[_Held] | _Finished:
         return self._events if self._done is None else self._done
 
     def _batch(self, after: int) -> Batch:
         index = self._start + after + 1 - self._first_seq
         if self._done is not None:
             end = self._done.batch_end(index, BATCH_BYTES)
-        else:
-            end, total, count = index, 0, len(self._sizes)
-            while end < count and (total < BATCH_BYTES or end == index):
-                total += self._sizes[end]
-                end += 1
-        held = self._held()[index:end]
-        return [(after + 1 + i, event) for i, event in enumerate(held) if event is not None]
+            return [(after + 1 + i, event) for i, event in enumerate(self._done[index:end])]
+        events, seq, total = self._events, after, 0
+        batch: Batch = []
+        for held in events[index:] if index else events:
+            if total >= BATCH_BYTES and batch:
+                break
+            seq += 1
+            if type(held) is TextDelta:
+                batch.append((seq, held))
+                total += EVENT_OVERHEAD + len(held.text)
+            elif isinstance(held, str):
+                batch.append((seq, TextDelta(held)))
+                total += EVENT_OVERHEAD + len(held)
+            elif held is not None:
+                batch.append((seq, held))
+                total += event_size(held)
+        return batch
+
+    def _passed(self, batch: Batch) -> None:
+        """The only reader has handed ``batch`` on: hold its text deltas as their texts."""
+        events, shift = self._events, self._start - self._first_seq
+        for seq, event in batch:
+            if type(event) is TextDelta:
+                index = seq + shift
+                if index >= self._start and events[index] is event:
+                    events[index] = event.text
 
     async def read(self, after: int = 0, idle: float | None = None) -> AsyncGenerator[Batch | None, None]:
         pos = max(after, 0)
@@ -217,6 +237,8 @@ class MemoryStreamLog:
                     if quiet is not None:
                         quiet.reset()
                     yield batch
+                    if self._readers == 1 and self._done is None:
+                        self._passed(batch)
                     continue
                 if self._finished:
                     return
@@ -249,6 +271,21 @@ class RetiredLog(NamedTuple):
     others: tuple[tuple[int, str], ...]  # (position, the event as codec JSON)
 
 
+_Held = Event | str | None
+"""What a running log holds for an event: the event as appended, a text delta's text once read
+(:meth:`MemoryStreamLog._passed`), or ``None`` once the bound has dropped it."""
+
+
+def _event(held: str | Event) -> Event:
+    return TextDelta(held) if isinstance(held, str) else held
+
+
+def _size(held: _Held) -> int:
+    if isinstance(held, str):
+        return EVENT_OVERHEAD + len(held)
+    return 0 if held is None else event_size(held)
+
+
 class _Finished:
     """A finished log's events, compact: the texts of all its deltas in one string with where each
     one ends (4 bytes a token; a few objects for the garbage collector to walk instead of one a
@@ -257,17 +294,18 @@ class _Finished:
 
     __slots__ = ("_ends", "_others", "_text")
 
-    def __init__(self, events: Sequence[Event | None]) -> None:
+    def __init__(self, events: Sequence[_Held]) -> None:
         parts: list[str] = []
         ends: list[int] = []
         others: dict[int, Event] = {}
         end = 0
-        for index, event in enumerate(events):
-            if type(event) is TextDelta:
-                parts.append(event.text)
-                end += len(event.text)
-            elif event is not None:
-                others[index] = event
+        for index, held in enumerate(events):
+            if isinstance(held, str) or type(held) is TextDelta:
+                text = held if isinstance(held, str) else held.text
+                parts.append(text)
+                end += len(text)
+            elif held is not None:
+                others[index] = held
             ends.append(end)
         self._text = "".join(parts)
         self._ends = array("I" if end < 1 << 32 else "Q", ends)
