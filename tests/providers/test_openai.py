@@ -339,3 +339,11 @@ def test_chunk_parser_raises_an_in_band_error_without_the_key() -> None:
     assert parser.feed(delta("a") + error + delta("b")) == [TextDelta("a")]
     assert parser.error is not None and "sk-secret-key-123456" not in str(parser.error)
     assert parser.feed(delta("c")) == []
+
+
+def test_no_read_timeout_unless_configured() -> None:
+    plain = create(config("http://127.0.0.1:9"))
+    timed = create(config("http://127.0.0.1:9", timeout_s=0.3))
+    timeout = plain._client.timeout  # type: ignore[attr-defined]
+    assert timeout.read is None and timeout.connect == 5.0  # no timer re-armed per chunk read
+    assert timed._client.timeout == 0.3  # type: ignore[attr-defined]

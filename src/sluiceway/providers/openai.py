@@ -14,8 +14,11 @@ about 80% of the relay's CPU (docs/benchmarks.md).
 SDK failures are translated once, in :meth:`OpenAIProvider.stream`, by
 :mod:`sluiceway.providers._sdk_errors`.
 
-Options (``[models.NAME.options]``): ``timeout_s`` for the HTTP client; ``stream_usage = false`` for
-compatible servers that reject ``stream_options`` (usage is then simply not reported).
+Options (``[models.NAME.options]``): ``timeout_s`` for the HTTP client (by default it has no read
+timeout: the generation's own ``ttft``/``idle``/``total`` timeouts bound a stalled upstream, and the
+transport re-arms no timer for every chunk it reads; connecting still times out after 5 s);
+``stream_usage = false`` for compatible servers that reject ``stream_options`` (usage is then simply
+not reported).
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ _STREAM_OPTIONS = make_request_options(
     extra_headers={RAW_RESPONSE_HEADER: "stream"}, security={"bearer_auth": True}
 )
 """What ``with_streaming_response`` adds: the raw, unread response; the bearer key."""
+_NO_READ_TIMEOUT = httpx2.Timeout(None, connect=5.0)
+"""The client's timeouts without ``timeout_s``: the SDK's connect timeout, no read timeout (under the
+aiohttp transport a read timeout is a timer cancelled and set again for every chunk received)."""
 _POOL = httpx2.Limits(max_connections=0, keepalive_expiry=5.0)
 """The upstream connection pool: no cap on connections (the SDK's 1000 would queue the 1001st
 concurrent stream of a model for a connection; the hub's ``max_concurrent`` is the gateway's cap),
@@ -82,7 +88,7 @@ class OpenAIProvider:
             base_url=base_url,
             api_key=api_key or KEYLESS_PLACEHOLDER,
             max_retries=0,
-            timeout=openai.NOT_GIVEN if timeout_s is None else timeout_s,
+            timeout=_NO_READ_TIMEOUT if timeout_s is None else timeout_s,
             http_client=openai.DefaultAioHttpClient(limits=_POOL),
         )
 

@@ -192,7 +192,10 @@ async def _body(
 def _encode(encoder: Encoder, batch: Batch | None) -> bytes:
     if batch is None:
         return encoder.heartbeat()
-    return b"".join(encoder.encode(seq, event) for seq, event in batch)
+    if len(batch) == 1:  # a reader that keeps up: one event a batch, no generator to join
+        seq, event = batch[0]
+        return encoder.encode(seq, event)
+    return b"".join([encoder.encode(seq, event) for seq, event in batch])
 
 
 async def collect(reader: AsyncIterator[Batch | None]) -> Batch:

@@ -1,0 +1,91 @@
+"""Memory per open stream: the RSS a server adds for every stream it holds open, measured as a slope.
+
+The relay benchmark's "KB/stream" is the RSS rise over the RSS before a scenario, divided by the
+streams open at once; memory freed by the scenarios before it is reused first, so that figure moves
+with what ran before. Here nothing else runs: each server (sluiceway relaying the mock through the
+``openai`` provider, and the HTTP and SDK floors of :mod:`http_floor` for comparison) gets a warm-up
+of ``--low`` streams, then ``--low`` and ``--high`` streams are opened and held (the mock waits 2 s
+between tokens, so they stay open and quiet), and the RSS is read once all of them have their first
+token. The rise from idle to ``--high`` streams, per stream, and the slope between the two counts
+(what one more open stream costs once the first ones have been paid for) are printed.
+
+All on loopback; every load is bounded (``--per-worker 1``, a time limit).
+
+Run: ``.venv/bin/python benchmarks/open_streams.py [--low 256 --high 1000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+from relay import HERE, PYTHON, free_port, process, rss_kb, wait_http
+
+QUIET_MODEL = "mock-d2000"  # 2 s between tokens: the streams stay open and idle
+SETTLE_S = 3.0  # the first token comes 2 s after a stream opens
+
+
+def hold(url: str, model: str, streams: int, pid: int) -> int:
+    """RSS (KB) of ``pid`` once ``streams`` streams of ``model`` are open, then wait for them to end."""
+    cmd = [PYTHON, str(HERE / "loadgen.py"), "--url", url, "--model", model, "--tokens", "3"]
+    cmd += ["--concurrency", str(streams), "--per-worker", "1", "--max-seconds", "60"]
+    load = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(SETTLE_S)
+    rss = rss_kb(pid)
+    out, err = load.communicate(timeout=90)
+    if load.returncode != 0 or b'"errors": {}' not in out:
+        raise RuntimeError(f"loadgen against {url}: {out.decode()[-500:]} {err.decode()[-500:]}")
+    return rss
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--low", type=int, default=256)
+    parser.add_argument("--high", type=int, default=1000)
+    args = parser.parse_args()
+    with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        mock_port = free_port()
+        mock_url = f"http://127.0.0.1:{mock_port}"
+        cmd = [PYTHON, str(HERE / "mock_upstream.py"), "--port", str(mock_port)]
+        mock = stack.enter_context(process(cmd, tmp / "mock.log"))
+        wait_http(f"{mock_url}/stats", mock, 30)
+        targets: dict[str, tuple[str, int, str]] = {}
+        for name, extra in (("http-floor", []), ("sdk-floor", ["--sdk"])):
+            port = free_port()
+            cmd = [PYTHON, str(HERE / "http_floor.py"), "--port", str(port), "--upstream", mock_url, *extra]
+            proc = stack.enter_context(process(cmd, tmp / f"{name}.log"))
+            wait_http(f"http://127.0.0.1:{port}/stats", proc, 30)
+            targets[name] = (f"http://127.0.0.1:{port}", proc.pid, QUIET_MODEL)
+        config = tmp / "sluiceway.toml"
+        config.write_text(
+            f'default_model = "quiet"\ndisconnect_grace_s = 0\nretention_s = 10\ndata_dir = "{tmp}"\n'
+            '[models.local]\nprovider = "echo"\n'  # no embedded model in memory, as in the relay benchmark
+            f'[models.quiet]\nprovider = "openai"\nmodel = "{QUIET_MODEL}"\nbase_url = "{mock_url}/v1"\n'
+        )
+        port = free_port()
+        cmd = [PYTHON, "-m", "sluiceway", "serve", "--config", str(config), "--port", str(port)]
+        proc = stack.enter_context(process(cmd, tmp / "sluiceway.log"))
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc, 60)
+        targets["sluiceway"] = (f"http://127.0.0.1:{port}", proc.pid, "quiet")
+        head = f"| target | RSS idle MB | RSS at {args.low} open MB | RSS at {args.high} open MB "
+        print(head + "| KB per open stream (idle → high) | KB per extra stream (low → high) |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name, (url, pid, model) in targets.items():
+            hold(url, model, args.low, pid)  # warm-up: imports, pools, first-request paths
+            idle = rss_kb(pid)
+            low = hold(url, model, args.low, pid)
+            high = hold(url, model, args.high, pid)
+            cells = [idle / 1024, low / 1024, high / 1024, (high - idle) / args.high]
+            cells.append((high - low) / (args.high - args.low))
+            print(f"| {name} | " + " | ".join(f"{c:.1f}" for c in cells) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
