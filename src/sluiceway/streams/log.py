@@ -195,11 +195,11 @@ class MemoryStreamLog:
         if self._done is not None:
             end = self._done.batch_end(index, BATCH_BYTES)
             return [(after + 1 + i, event) for i, event in enumerate(self._done[index:end])]
-        events, seq, total = self._events, after, 0
+        events, seq, total, count = self._events, after, 0, len(self._events)
         batch: Batch = []
-        for held in events[index:] if index else events:
-            if total >= BATCH_BYTES and batch:
-                break
+        while index < count and (total < BATCH_BYTES or not batch):
+            held = events[index]
+            index += 1
             seq += 1
             if type(held) is TextDelta:
                 batch.append((seq, held))
