@@ -347,3 +347,19 @@ def test_no_read_timeout_unless_configured() -> None:
     timeout = plain._client.timeout  # type: ignore[attr-defined]
     assert timeout.read is None and timeout.connect == 5.0  # no timer re-armed per chunk read
     assert timed._client.timeout == 0.3  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"data: {not json\n\n",
+        b'data: {"choices": "x"}\n\n',
+        b'data: {"choices": [{"delta": {"content": 7}}]}\n\n',
+        b'data: {"choices": [], "usage": {"prompt_tokens": "many"}}\n\n',
+    ],
+    ids=["not-json", "choices-not-a-list", "content-not-text", "usage-not-a-number"],
+)
+def test_chunk_parser_ends_on_a_malformed_chunk_after_the_text_before_it(bad: bytes) -> None:
+    parser = _ChunkParser("gpt", None)
+    assert parser.feed(delta("a") + bad + delta("b")) == [TextDelta("a")]
+    assert isinstance(parser.error, UpstreamError) and "malformed" in str(parser.error)

@@ -375,3 +375,18 @@ async def test_a_compacted_or_retired_log_batches_as_the_running_log_did() -> No
     again = [[seq for seq, _ in batch or ()] async for batch in retired.read(0)]
     assert len(before) > 3 and before == after == again
     assert retired.events == events and retired.held_bytes == running.held_bytes
+
+
+async def test_a_reader_keeping_up_with_a_bounded_log_reads_every_text_across_its_compactions() -> None:
+    log = MemoryStreamLog("s1", max_bytes=8 * (EVENT_OVERHEAD + 4))  # about eight tokens held
+    reader = log.read(0)
+    texts: list[str] = []
+    for i in range(300):  # the list drops its head past 64 dropped events, more than once
+        log.append_nowait(TextDelta(f"t{i:03}"))
+        if i % 3 == 2:  # the reader comes back every third token
+            texts += [e.text for _, e in await anext(reader) or () if isinstance(e, TextDelta)]
+    assert texts == [f"t{i:03}" for i in range(300)]
+    held = log._events[log._start :]
+    assert held and all(isinstance(h, str) for h in held[:-3])  # passed ones: their texts alone
+    assert log.events == [TextDelta(f"t{i:03}") for i in range(300 - len(held), 300)]
+    await reader.aclose()

@@ -175,9 +175,9 @@ class _ChunkParser:
     """Events from the response body's bytes (sans-IO): SSE data lines, each an ``orjson``-parsed
     chunk, up to ``[DONE]`` (bytes after it are ignored; they are still read, so the connection
     is reused). The finish chunk comes before the usage chunk, so both are held and emitted by
-    :meth:`end`, after the last delta. An in-band error ends the stream: the deltas before it are
-    returned and the error is left in :attr:`error` to raise after them. Nothing of a chunk is kept
-    between reads."""
+    :meth:`end`, after the last delta. An in-band error, or a chunk that is not JSON shaped as a
+    chunk, ends the stream: the deltas before it are returned and the error is left in :attr:`error`
+    to raise after them. Nothing of a chunk is kept between reads."""
 
     __slots__ = ("_decoder", "_done", "_finish_reason", "_model", "_secret", "_usage", "error")
 
@@ -198,23 +198,34 @@ class _ChunkParser:
             if line.startswith("[DONE]"):
                 self._done = True
                 break
-            chunk = orjson.loads(line)
-            if not isinstance(chunk, dict):
-                continue
-            if chunk.get("error"):
-                self.error = _sdk_errors.from_stream_error(
-                    chunk["error"], model=self._model, secret=self._secret
+            try:
+                chunk = orjson.loads(line)
+                if not isinstance(chunk, dict):
+                    continue
+                if chunk.get("error"):
+                    self.error = _sdk_errors.from_stream_error(
+                        chunk["error"], model=self._model, secret=self._secret
+                    )
+                    self._done = True
+                    break
+                counts = chunk.get("usage")
+                if counts:
+                    self._usage = Usage(
+                        int(counts.get("prompt_tokens") or 0), int(counts.get("completion_tokens") or 0)
+                    )
+                for choice in chunk.get("choices") or ():
+                    content = (choice.get("delta") or {}).get("content")
+                    if content:
+                        if type(content) is not str:
+                            raise TypeError("the delta's content is not a string")
+                        events.append(TextDelta(content))
+                    self._finish_reason = choice.get("finish_reason") or self._finish_reason
+            except (ValueError, TypeError, AttributeError):  # not JSON, or not shaped as a chunk
+                self.error = UpstreamError(
+                    f"model {self._model!r}: the upstream sent a malformed stream chunk"
                 )
                 self._done = True
                 break
-            counts = chunk.get("usage")
-            if counts:
-                self._usage = Usage(counts.get("prompt_tokens") or 0, counts.get("completion_tokens") or 0)
-            for choice in chunk.get("choices") or ():
-                content = (choice.get("delta") or {}).get("content")
-                if content:
-                    events.append(TextDelta(content))
-                self._finish_reason = choice.get("finish_reason") or self._finish_reason
         return events
 
     def end(self) -> list[Event]:

@@ -37,6 +37,7 @@ CONTENT_SECURITY_POLICY = (
 )
 ALWAYS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 PAGE = {"Content-Security-Policy": CONTENT_SECURITY_POLICY, "X-Frame-Options": "DENY"}
+_ALWAYS_AND_PAGE = {**ALWAYS, **PAGE}
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
 """FastAPI's API docs pull their scripts from a CDN and run an inline one: no page CSP there."""
 CORS_HEADERS = ("authorization", "content-type", "x-api-key", "anthropic-version", "last-event-id")
@@ -54,7 +55,7 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = ALWAYS if scope["path"] in self.docs_paths else {**ALWAYS, **PAGE}
+        extra = ALWAYS if scope["path"] in self.docs_paths else _ALWAYS_AND_PAGE
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
