@@ -34,10 +34,8 @@ import aiohttp
 import httpx2
 import openai
 import uvicorn
-from openai import AsyncStream
-from openai._base_client import make_request_options
-from openai._constants import RAW_RESPONSE_HEADER
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+from sluiceway.providers.openai import aiohttp_response, post_chat_stream
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 Scope = MutableMapping[str, Any]
@@ -108,18 +106,8 @@ class Relay:
         await send({"type": "http.response.body", "body": b""})
 
     async def relay_sdk(self, sdk: openai.AsyncOpenAI, body: bytes, send: Send) -> None:
-        options = make_request_options(
-            extra_headers={RAW_RESPONSE_HEADER: "stream"}, security={"bearer_auth": True}
-        )
-        response = await sdk.post(
-            "/chat/completions",
-            content=body,
-            cast_to=ChatCompletion,
-            options=options,
-            stream=True,
-            stream_cls=AsyncStream[ChatCompletionChunk],
-        )
-        raw = response.http_response.stream._stream._aiohttp_response  # type: ignore[attr-defined]
+        raw = aiohttp_response(await post_chat_stream(sdk, body))
+        assert raw is not None, "the SDK's aiohttp transport, an uncompressed body"
         try:
             kind = raw.headers.get("content-type", "application/octet-stream").encode()
             await send(

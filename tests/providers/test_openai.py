@@ -23,7 +23,7 @@ from sluiceway.errors import (
 from sluiceway.events import Event, Finish, TextDelta, Usage
 from sluiceway.providers import openai as openai_provider
 from sluiceway.providers.base import ModelConfig, Provider
-from sluiceway.providers.openai import KEYLESS_PLACEHOLDER, _aiohttp_response, _ChunkParser, create
+from sluiceway.providers.openai import KEYLESS_PLACEHOLDER, _ChunkParser, aiohttp_response, create
 from sluiceway.requests import ChatRequest, Message, make_request
 from sluiceway.testing import OpenAIUpstream, Script, UpstreamLog
 from tests.providers.conftest import API_KEY, KEY_ENV, Served
@@ -249,13 +249,13 @@ async def test_the_sdk_objects_are_let_go_once_the_response_is_open(
 ) -> None:
     openai_upstream.script = Script(tokens=1000, delay_ms=20)
     held: list[weakref.ref[object]] = []
-    pick = openai_provider._aiohttp_response
+    pick = openai_provider.aiohttp_response
 
     def noting(response: Any) -> Any:
         held.extend([weakref.ref(response), weakref.ref(response.http_response.request)])
         return pick(response)
 
-    monkeypatch.setattr(openai_provider, "_aiohttp_response", noting)
+    monkeypatch.setattr(openai_provider, "aiohttp_response", noting)
     events = provider.stream(ask())
     assert isinstance(await anext(events), TextDelta)
     gc.collect()
@@ -278,7 +278,7 @@ def test_other_bodies_go_through_the_sdk(stream: object, headers: dict[str, str]
     class Response:
         http_response = Http()
 
-    assert _aiohttp_response(Response()) is None  # type: ignore[arg-type]
+    assert aiohttp_response(Response()) is None  # type: ignore[arg-type]
 
 
 class _AiohttpLike:

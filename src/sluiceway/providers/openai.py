@@ -98,7 +98,7 @@ class OpenAIProvider:
         parser = _ChunkParser(self.name, self._api_key)
         try:
             response = await self._send(request)
-            raw = _aiohttp_response(response)
+            raw = aiohttp_response(response)
             if raw is None:
                 body, close = response.iter_bytes(), response.close
             else:  # the SDK's request and response objects are not needed any more: they go now
@@ -125,18 +125,7 @@ class OpenAIProvider:
         of running its own ``json.dumps``, about 25 µs less per request. They are copied once:
         ``orjson.dumps`` returns its bytes in a 4 KiB allocation whatever their length, and the
         upstream client holds them while the stream runs."""
-        body = memoryview(orjson.dumps(self._body(request))).tobytes()
-        return cast(
-            "Awaitable[_Response]",
-            self._client.post(
-                "/chat/completions",
-                content=body,
-                cast_to=ChatCompletion,
-                options=_STREAM_OPTIONS,
-                stream=True,
-                stream_cls=AsyncStream[ChatCompletionChunk],
-            ),
-        )
+        return post_chat_stream(self._client, memoryview(orjson.dumps(self._body(request))).tobytes())
 
     def _body(self, request: ChatRequest) -> dict[str, object]:
         body: dict[str, object] = {
@@ -169,6 +158,23 @@ class OpenAIProvider:
 
     async def aclose(self) -> None:
         await self._client.close()
+
+
+def post_chat_stream(client: openai.AsyncOpenAI, body: bytes) -> Awaitable[_Response]:
+    """POST ``body`` (Chat Completions JSON) to ``/chat/completions`` through ``client`` as
+    ``with_streaming_response.create`` would: the raw, unread streaming response, or the SDK's
+    status error. Also how ``benchmarks/http_floor.py --sdk`` sends, so that floor is this path."""
+    return cast(
+        "Awaitable[_Response]",
+        client.post(
+            "/chat/completions",
+            content=body,
+            cast_to=ChatCompletion,
+            options=_STREAM_OPTIONS,
+            stream=True,
+            stream_cls=AsyncStream[ChatCompletionChunk],
+        ),
+    )
 
 
 class _ChunkParser:
@@ -236,7 +242,7 @@ class _ChunkParser:
         return [finish] if self._usage is None else [self._usage, finish]
 
 
-def _aiohttp_response(response: _Response) -> aiohttp.ClientResponse | None:
+def aiohttp_response(response: _Response) -> aiohttp.ClientResponse | None:
     """The aiohttp response under the SDK's, when its body can be read from it directly: under the
     SDK's aiohttp transport and uncompressed. Read so, it is the same bytes as
     ``response.iter_bytes()`` without its five layers of wrapping generators per read (about a
