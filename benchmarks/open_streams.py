@@ -6,8 +6,9 @@ with what ran before. Here nothing else runs: each server (sluiceway relaying th
 ``openai`` provider, and the HTTP and SDK floors of :mod:`http_floor` for comparison) gets a warm-up
 of ``--low`` streams, then ``--low`` and ``--high`` streams are opened and held (the mock waits 2 s
 between tokens, so they stay open and quiet), and the RSS is read once all of them have their first
-token. The rise from idle to ``--high`` streams, per stream, and the slope between the two counts
-(what one more open stream costs once the first ones have been paid for) are printed.
+token; after each hold the script waits until the ended streams are no longer retained. The rise
+from idle to ``--high`` streams, per stream, and the slope between the two counts (what one more
+open stream costs once the first ones have been paid for) are printed.
 
 All on loopback; every load is bounded (``--per-worker 1``, a time limit).
 
@@ -27,12 +28,14 @@ from pathlib import Path
 from relay import HERE, PYTHON, free_port, process, rss_kb, wait_http
 
 QUIET_MODEL = "mock-d2000"  # 2 s between tokens: the streams stay open and idle
-SETTLE_S = 3.0  # the first token comes 2 s after a stream opens
+TOKENS = 4  # a stream lasts ≈ 8 s
+SETTLE_S = 5.0  # the first token comes 2 s after a stream opens; 1,000 openings take ≈ 1-2 s more
+PAUSE_S = 11.0  # between two holds: the server retains ended streams 10 s (retention_s), trims every 10 s
 
 
 def hold(url: str, model: str, streams: int, pid: int) -> int:
     """RSS (KB) of ``pid`` once ``streams`` streams of ``model`` are open, then wait for them to end."""
-    cmd = [PYTHON, str(HERE / "loadgen.py"), "--url", url, "--model", model, "--tokens", "3"]
+    cmd = [PYTHON, str(HERE / "loadgen.py"), "--url", url, "--model", model, "--tokens", str(TOKENS)]
     cmd += ["--concurrency", str(streams), "--per-worker", "1", "--max-seconds", "60"]
     load = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(SETTLE_S)
@@ -40,6 +43,7 @@ def hold(url: str, model: str, streams: int, pid: int) -> int:
     out, err = load.communicate(timeout=90)
     if load.returncode != 0 or b'"errors": {}' not in out:
         raise RuntimeError(f"loadgen against {url}: {out.decode()[-500:]} {err.decode()[-500:]}")
+    time.sleep(PAUSE_S)
     return rss
 
 

@@ -249,17 +249,21 @@ async def test_the_sdk_objects_are_let_go_once_the_response_is_open(
 ) -> None:
     openai_upstream.script = Script(tokens=1000, delay_ms=20)
     held: list[weakref.ref[object]] = []
+    raws: list[Any] = []
     pick = openai_provider.aiohttp_response
 
     def noting(response: Any) -> Any:
         held.extend([weakref.ref(response), weakref.ref(response.http_response.request)])
-        return pick(response)
+        raws.append(pick(response))
+        return raws[-1]
 
     monkeypatch.setattr(openai_provider, "aiohttp_response", noting)
     events = provider.stream(ask())
     assert isinstance(await anext(events), TextDelta)
     gc.collect()
     assert len(held) == 2 and all(ref() is None for ref in held)
+    info = raws[0].request_info  # kept by aiohttp's response: its URL and method, not the headers
+    assert (info.method, info.url.path, len(info.headers)) == ("POST", "/v1/chat/completions", 0)
     await events.aclose()
     assert await disconnected(openai_upstream.log)
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
+from types import SimpleNamespace
+
 import httpx
 import pytest
+from starlette.requests import Request
+from starlette.responses import Response
 
 from sluiceway.errors import InvalidRequestError
 from sluiceway.providers.base import ModelConfig
 from sluiceway.requests import ChatRequest, Message
 from sluiceway.server.app import create_app
-from sluiceway.server.relay import _fallbacks, hub_settings, parse_event_id
+from sluiceway.server.relay import _fallbacks, hub_settings, parse_event_id, stream_response
+from sluiceway.wire.seed import SeedEncoder
 from tests.live import live_server, make_settings
 from tests.streams.providers import Script, registry_with
 
@@ -95,3 +101,28 @@ def test_while_waiting_for_the_first_token_the_stream_opens_with_pings(script: S
         r = httpx.post(f"{srv.url}/chat/stream", json={"message": "x", "model": "thinker"}, timeout=10)
     assert r.status_code == 200 and r.text.startswith(": ping\n\n")
     assert r.text.index('"text":"done"') > r.text.index(": ping")
+
+
+async def test_an_exception_before_the_first_event_is_a_json_error_in_the_routes_shape(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Unreadable:
+        stream_id = "s-unreadable"
+
+        async def read(self, after: int = 0, idle: float | None = None) -> AsyncGenerator[None, None]:
+            raise RuntimeError("the log is gone")
+            yield
+
+    app = create_app(make_settings())
+    state = SimpleNamespace(settings=SimpleNamespace(heartbeat_s=0))
+
+    async def broken(http: Request) -> Response:
+        return stream_response(http, state, Unreadable(), lambda s: SeedEncoder(s.stream_id))  # type: ignore[arg-type]
+
+    app.router.add_route("/v1/chat/completions/broken", broken, methods=["POST"])
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+        r = await client.post("/v1/chat/completions/broken")
+    assert (r.status_code, r.headers["x-stream-id"]) == (500, "s-unreadable")
+    assert r.json()["error"]["message"] == "internal server error"  # OpenAI's shape, no detail
+    assert "the log is gone" not in r.text and "the log is gone" in caplog.text

@@ -32,6 +32,7 @@ import aiohttp
 import httpx2
 import openai
 import orjson
+from multidict import CIMultiDict, CIMultiDictProxy
 from openai import AsyncStream
 from openai._base_client import make_request_options
 from openai._constants import RAW_RESPONSE_HEADER
@@ -248,7 +249,8 @@ def aiohttp_response(response: _Response) -> aiohttp.ClientResponse | None:
     ``response.iter_bytes()`` without its five layers of wrapping generators per read (about a
     sixth of the relay's CPU per token at 20 ms cadence, docs/benchmarks.md), and the SDK's own
     request and response objects (≈ 10 KB a stream, with their copies of the options and headers)
-    need not be held while the stream runs."""
+    need not be held while the stream runs. Its ``request_info`` keeps the URL and method, not the
+    request's headers (the SDK sends a dozen and a half, the API key among them)."""
     http = response.http_response
     stream = getattr(http.stream, "_stream", http.stream)  # httpx2's BoundAsyncStream holds the transport's
     raw = getattr(stream, "_aiohttp_response", None)
@@ -258,7 +260,12 @@ def aiohttp_response(response: _Response) -> aiohttp.ClientResponse | None:
         or http.headers.get("content-encoding", "identity") != "identity"
     ):
         return None
+    info = raw._request_info  # with the request's headers: ≈ 4 KB a stream, the API key among them
+    raw._request_info = aiohttp.RequestInfo(info.url, info.method, _NO_HEADERS, info.real_url)
     return raw
+
+
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 
 
 async def _read(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:

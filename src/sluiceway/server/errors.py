@@ -72,8 +72,7 @@ def install_handlers(app: FastAPI) -> None:
     """Map every failure before the first byte to a clean JSON error."""
 
     async def on_sluiceway(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, SluicewayError)
-        return error_response(exc.to_event(), request, exc.status)
+        return exception_response(exc, request)
 
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -90,13 +89,21 @@ def install_handlers(app: FastAPI) -> None:
         return error_response(event, request, exc.status_code)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error on %s", request.url.path)
-        return error_response(InternalError("internal server error").to_event(), request, 500)
+        return exception_response(exc, request)
 
     app.add_exception_handler(SluicewayError, on_sluiceway)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(Exception, on_unexpected)
+
+
+def exception_response(exc: Exception, request: Request) -> JSONResponse:
+    """The error response for ``exc`` raised serving ``request``: a ``SluicewayError`` as itself,
+    anything else logged (with its stack trace, which stays in the log) and answered ``internal``."""
+    if isinstance(exc, SluicewayError):
+        return error_response(exc.to_event(), request, exc.status)
+    logger.error("unhandled error on %s", request.url.path, exc_info=exc)
+    return error_response(InternalError("internal server error").to_event(), request, 500)
 
 
 def describe_validation(exc: RequestValidationError) -> str:

@@ -77,6 +77,8 @@ class Lease:
 
     def hold(self, stream: Stream) -> None:
         """Give the slot back, with the tokens used, when ``stream``'s generation ends."""
+        if self.limits is None or self.key is None:  # no quota holds it: nothing to give back
+            return
         if stream.task is None:  # nothing runs: nothing to wait for
             self.release(stream.meter.usage_so_far())
             return

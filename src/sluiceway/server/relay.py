@@ -1,7 +1,11 @@
 """The one path every streaming route takes: start a generation, wait for its first word, answer.
 
-How the first byte is chosen: the route starts the generation and reads the log until the first
-decisive event (text, an error, or the end) or until ``heartbeat_s`` passes. An error that comes
+How the first byte is chosen: the route starts the generation and answers with a
+:class:`StreamAnswer`, which reads the log until the first decisive event (text, an error, or the
+end) or until ``heartbeat_s`` passes, and only then picks the response; under
+:class:`~sluiceway.server.responses.SluicewayApp` it does so once the middleware has returned, so
+no layer is held while a request waits for its first word (a burst of a thousand requests left
+the server ≈ 20 MB larger when they all waited inside the layers). An error that comes
 before any text is still a proper HTTP error (JSON, 4xx/5xx, ``Retry-After``) because no byte has
 been sent; after that, errors travel in-band in the protocol's own shape. A resume (``after > 0``)
 never turns into an HTTP error: the client already holds part of the answer. A resume with nothing
@@ -16,14 +20,15 @@ from dataclasses import replace
 
 from fastapi import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from sluiceway.errors import InvalidRequestError
 from sluiceway.events import ErrorEvent, Event, TextDelta, Usage
 from sluiceway.requests import ChatRequest
 from sluiceway.server.auth import current_key
-from sluiceway.server.errors import error_response
+from sluiceway.server.errors import error_response, exception_response
 from sluiceway.server.limits import admit
-from sluiceway.server.responses import EventStreamResponse
+from sluiceway.server.responses import DeferredResponse, EventStreamResponse
 from sluiceway.server.settings import Settings
 from sluiceway.server.state import AppState
 from sluiceway.streams.backend import StreamBackend
@@ -85,37 +90,65 @@ def _fallbacks(state: AppState, request: ChatRequest, names: tuple[str, ...]) ->
     return chain
 
 
-async def stream_response(
-    http: Request,
-    state: AppState,
-    stream: Stream,
-    make_encoder: EncoderFactory,
-    *,
-    after: int = 0,
-    headers: dict[str, str] | None = None,
+def stream_response(
+    http: Request, state: AppState, stream: Stream, make_encoder: EncoderFactory, *, after: int = 0
 ) -> Response:
-    """Answer with ``stream`` read after ``after`` in the encoder's protocol."""
-    reader = stream.read(after, idle=state.settings.heartbeat_s or None)
-    head: list[Batch | None] = []
-    try:
-        async for batch in reader:
-            head.append(batch)
-            if batch is None or any(not _is_preamble(ev) for _, ev in batch):
-                break
-    except BaseException:
-        await reader.aclose()
-        raise
-    error = _early_error(head) if after == 0 else None
-    if error is not None or not head:
-        await reader.aclose()
-        response = error_response(error, http) if error is not None else Response(status_code=204)
-        response.headers["X-Stream-Id"] = stream.stream_id
-        return response
-    encoder = make_encoder(stream)
-    all_headers = {**encoder.headers, "X-Stream-Id": stream.stream_id, **(headers or {})}
-    return EventStreamResponse(
-        _body(encoder, head, reader), media_type=encoder.media_type, headers=all_headers
-    )
+    """Answer with ``stream`` read after ``after`` in the encoder's protocol (a :class:`StreamAnswer`)."""
+    return StreamAnswer(http, state, stream, make_encoder, after)
+
+
+class StreamAnswer(DeferredResponse):
+    """The answer to a streaming request, chosen once the stream's first decisive event is in: the
+    stream in the encoder's protocol, a JSON error in the route's shape, or 204 (a resume with
+    nothing left to send). Under :class:`~sluiceway.server.responses.SluicewayApp` it waits for that
+    event after the middleware has returned. Headers a route sets on it (``X-Stream-Id`` is set)
+    go on whichever response it turns into."""
+
+    def __init__(
+        self, http: Request, state: AppState, stream: Stream, make_encoder: EncoderFactory, after: int
+    ) -> None:
+        self.http = http
+        self.state = state
+        self.stream = stream
+        self.make_encoder = make_encoder
+        self.after = after
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"X-Stream-Id": stream.stream_id})
+
+    async def finish(self, scope: Scope, receive: Receive, send: Send, server_send: Send) -> None:
+        try:
+            response = await self._choose()
+        except Exception as exc:  # in place, the app's exception handlers would have answered it so
+            response = exception_response(exc, self.http)
+        response.headers.update(self.headers)
+        if isinstance(response, DeferredResponse):
+            await response.finish(scope, receive, send, server_send)
+        else:
+            await response(scope, receive, send)
+
+    async def abandon(self) -> None:
+        self.stream.readers_left()  # no reader will come from here: the disconnect policy applies
+
+    async def _choose(self) -> Response:
+        reader = self.stream.read(self.after, idle=self.state.settings.heartbeat_s or None)
+        head: list[Batch | None] = []
+        try:
+            async for batch in reader:
+                head.append(batch)
+                if batch is None or any(not _is_preamble(ev) for _, ev in batch):
+                    break
+        except BaseException:
+            await reader.aclose()
+            raise
+        error = _early_error(head) if self.after == 0 else None
+        if error is not None or not head:
+            await reader.aclose()
+            return error_response(error, self.http) if error is not None else Response(status_code=204)
+        encoder = self.make_encoder(self.stream)
+        return EventStreamResponse(
+            _body(encoder, head, reader), media_type=encoder.media_type, headers=encoder.headers
+        )
 
 
 def parse_event_id(value: str, stream_id: str | None = None) -> tuple[str, int]:

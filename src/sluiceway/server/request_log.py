@@ -3,7 +3,8 @@
 How it works: :class:`RequestLogMiddleware`, the outermost ASGI layer, gives every request an id
 (the client's ``X-Request-Id`` when it is a short token, else a new one) and returns it as
 ``X-Request-Id``. It notes the status and the ``X-Stream-Id`` of the response start and passes every
-other message through untouched. When the response is over (sent, failed or abandoned by the client)
+other message through untouched. When the response is over (sent, failed or abandoned by the client;
+for a streamed body, once it has streamed above the layers: see :mod:`sluiceway.server.responses`)
 it looks the stream up in the hub and logs one record on the ``sluiceway.requests`` logger: request
 id, method, path, status, stream id, model, protocol, time to first token, output tokens, duration
 and outcome. The fields ride on the record as ``record.request``; :class:`JsonFormatter` puts them
@@ -23,12 +24,14 @@ import secrets
 import sys
 import time
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sluiceway.server.metrics import StreamMetrics
+from sluiceway.server.responses import DEFERRED, Deferred
 
 logger = logging.getLogger("sluiceway.requests")
 REQUEST_ID = "X-Request-Id"
@@ -60,11 +63,20 @@ class RequestLogMiddleware:
                 seen["stream_id"] = headers.get("x-stream-id")
             await send(message)
 
+        log = partial(_log_request, scope, request_id, seen, started)
         try:
             await self.app(scope, receive, send_noting)
         finally:
-            fields = request_fields(scope, request_id, seen["status"], seen["stream_id"], started)
-            logger.info(summary(fields), extra={"request": fields})
+            deferred: Deferred | None = scope.get(DEFERRED)
+            if deferred is not None and deferred.response is not None:
+                deferred.after.append(log)  # the body streams once every layer has returned
+            else:
+                log()
+
+
+def _log_request(scope: Scope, request_id: str, seen: dict[str, Any], started: float) -> None:
+    fields = request_fields(scope, request_id, seen["status"], seen["stream_id"], started)
+    logger.info(summary(fields), extra={"request": fields})
 
 
 def _request_id(offered: str) -> str:

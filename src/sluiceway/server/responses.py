@@ -1,51 +1,96 @@
-"""A streaming ASGI response that always closes its body, even when the client goes away.
+"""Responses that finish above the middleware, and a streaming response that always closes its body.
+
+How a response leaves the middleware behind: every ASGI layer between the server and a route (ours
+in :mod:`sluiceway.server.middleware` and :mod:`sluiceway.server.request_log`, Starlette's error and
+exception layers, the router, CORS) looks only at ``http.response.start``. Yet each would stay
+suspended for as long as the response takes (a coroutine and a ``send`` wrapper per layer, ≈ 9 KB a
+request), and each wrapper would cost a coroutine per body message, i.e. per token. So a
+:class:`DeferredResponse` called through the layers only leaves itself, with the layers' ``send``,
+in the request's :class:`Deferred` (in the scope under :data:`DEFERRED`) and returns: the layers
+unwind, and :class:`SluicewayApp`, at the top, calls :meth:`DeferredResponse.finish`, which sends the
+start through the layers' ``send`` (each still adds its headers, notes the status) and the body
+straight to the server's. A layer that must act when the response is over (the request log) adds
+a callback to :attr:`Deferred.after` instead. Without a ``Deferred`` (an app other than
+:class:`SluicewayApp`) the response finishes in place, through the layers. A layer that needs the
+body messages (compression, say) must not be added in front of these responses, nor one that must
+see the start before its own call returns.
 
 Starlette's ``StreamingResponse`` abandons its iterator when the client disconnects, leaving the
 ``finally`` blocks behind it (detaching the reader, cancelling upstream) to the garbage collector.
-Here one task sends the body while another listens for ``http.disconnect``; whichever ends first
-stops the other, and the body's ``aclose()`` runs in every case. A library under the body may
-swallow a ``CancelledError`` (redis-py 8 on Python 3.11 sometimes does), so the sender is
-cancelled again until it has stopped, or a gone client would keep a reader attached.
-
-How the body skips the middleware: every ASGI layer between the server and a route (ours in
-:mod:`sluiceway.server.middleware` and :mod:`sluiceway.server.request_log`, Starlette's error and
-exception layers, CORS) looks only at ``http.response.start``; each still wraps ``send``, which costs
-a coroutine per layer for every body message, i.e. per token. So the start goes through the layers
-and the body messages go straight to the server's own ``send``, which :class:`SluicewayApp` leaves in
-the scope under :data:`SERVER_SEND` (without it, e.g. under a test's bare ASGI call, through the
-layers). A layer that needs the body messages (compression, say) must not be added in front of
-these responses.
+:class:`EventStreamResponse` sends its body from the request's task while a second task listens for
+``http.disconnect``; whichever ends first stops the other, and the body's ``aclose()`` runs in every
+case. A library under the body may swallow a ``CancelledError`` (redis-py 8 on Python 3.11
+sometimes does), so the sending is cancelled again until it has stopped, or a gone client would
+keep a reader attached.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Mapping
-from functools import partial
+from collections.abc import AsyncGenerator, Callable, Mapping
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-SERVER_SEND = "sluiceway.server_send"
-"""Scope key of the ASGI server's ``send``, under every middleware's wrapper."""
+DEFERRED = "sluiceway.deferred"
+"""Scope key of the request's :class:`Deferred`, set by :class:`SluicewayApp`."""
+
+
+class Deferred:
+    """One HTTP request's response left to finish once every layer has returned, and what runs after."""
+
+    __slots__ = ("after", "response", "send")
+
+    def __init__(self) -> None:
+        self.response: DeferredResponse | None = None
+        self.send: Send | None = None
+        self.after: list[Callable[[], None]] = []
 
 
 class SluicewayApp(FastAPI):
-    """FastAPI, keeping the server's ``send`` in the scope for :class:`EventStreamResponse` bodies."""
+    """FastAPI, finishing :class:`DeferredResponse` above its middleware (see the module)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
-        scope[SERVER_SEND] = send
+        deferred = scope[DEFERRED] = Deferred()
         try:
             await super().__call__(scope, receive, send)
+            response, deferred.response = deferred.response, None
+            if response is not None and deferred.send is not None:
+                layers_send, deferred.send = deferred.send, None
+                scope.pop("fastapi_middleware_astack", None)  # FastAPI's, exited with its layer (≈ 0.7 KB)
+                await response.finish(scope, receive, layers_send, send)
         finally:
-            del scope[SERVER_SEND]  # uvicorn's send is bound to the request that holds this scope: no cycle
+            del scope[DEFERRED]
+            if deferred.response is not None:  # a layer failed after the route returned
+                await deferred.response.abandon()
+            for after in deferred.after:
+                after()
 
 
-class EventStreamResponse(Response):
+class DeferredResponse(Response):
+    """A response that, under :class:`SluicewayApp`, finishes once the layers have returned."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        deferred: Deferred | None = scope.get(DEFERRED)
+        if deferred is None or deferred.response is not None:
+            await self.finish(scope, receive, send, send)
+        else:
+            deferred.response, deferred.send = self, send
+
+    async def finish(self, scope: Scope, receive: Receive, send: Send, server_send: Send) -> None:
+        """Send the response: its start through ``send`` (the layers'), its body through ``server_send``."""
+        raise NotImplementedError
+
+    async def abandon(self) -> None:
+        """The response will never be sent (a layer failed after the route returned): let go of it."""
+
+
+class EventStreamResponse(DeferredResponse):
     """Send ``chunks`` one by one with ``status_code`` and ``headers``; close them when done or gone."""
 
     def __init__(
@@ -62,34 +107,77 @@ class EventStreamResponse(Response):
         self.background = None
         self.init_headers(headers)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        first_done = asyncio.get_running_loop().create_future()  # not asyncio.wait: ≈ 1 KB less a stream
-        settle = partial(_settle, first_done)
-        sender = asyncio.create_task(self._send_body(send, scope.get(SERVER_SEND, send)))
-        sender.add_done_callback(settle)
-        listener = asyncio.create_task(_wait_disconnect(receive))
-        listener.add_done_callback(settle)
+    async def finish(self, scope: Scope, receive: Receive, send: Send, server_send: Send) -> None:
+        start = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        self.raw_headers = []  # sent: the layers add theirs to this list (≈ 0.5 KB a stream)
         try:
-            await first_done
+            await send(start)
+        except BaseException as exc:
+            await self.chunks.aclose()
+            if isinstance(exc, OSError):  # the client is gone
+                return
+            raise
+        del send, start  # the layers' send wrappers go now; the body goes to the server's
+        await self.stream(receive, server_send)
+
+    async def abandon(self) -> None:
+        await self.chunks.aclose()
+
+    async def stream(self, receive: Receive, send: Send) -> None:
+        """Send the body until it ends or the client leaves (the start is sent); close it.
+
+        The body is sent from the calling task; a listener task waits for ``http.disconnect`` and,
+        if the client goes first, cancels the sending (see :class:`_Watch`)."""
+        task = asyncio.current_task()
+        assert task is not None
+        watch = _Watch(task)
+        listener = asyncio.create_task(_wait_disconnect(receive))
+        listener.add_done_callback(watch.gone)
+        try:
+            await self._send_body(send)
+        except asyncio.CancelledError:
+            if not watch.forget_cancels():
+                raise
         finally:
-            await asyncio.gather(_stop(sender), _stop(listener))
+            watch.sending = False
+            await _stop(listener)
             await self.chunks.aclose()
 
-    async def _send_body(self, send: Send, send_body: Send) -> None:
-        """The start through ``send`` (every layer sees it), the body through ``send_body``."""
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+    async def _send_body(self, send: Send) -> None:
         try:
             async for chunk in self.chunks:
                 if chunk:
-                    await send_body({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send_body({"type": "http.response.body", "body": b"", "more_body": False})
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:
             return
 
 
-def _settle(first_done: asyncio.Future[None], _: asyncio.Task[None]) -> None:
-    if not first_done.done():
-        first_done.set_result(None)
+class _Watch:
+    """Stops a body being sent in ``task`` when its client leaves: the task is cancelled, and
+    cancelled again every 50 ms while it is still sending (a library under the body may swallow a
+    cancel). Those cancels are the watch's own: :meth:`forget_cancels` takes them back."""
+
+    __slots__ = ("cancels", "sending", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.sending = True
+        self.cancels = 0
+
+    def gone(self, _: object = None) -> None:
+        if self.sending:
+            self.cancels += 1
+            self.task.cancel()
+            asyncio.get_running_loop().call_later(0.05, self.gone)
+
+    def forget_cancels(self) -> bool:
+        """Take this watch's cancels back; true if no other cancel of the task remains."""
+        if not self.cancels:
+            return False
+        for _ in range(self.cancels):
+            self.task.uncancel()
+        return self.task.cancelling() == 0
 
 
 async def _stop(task: asyncio.Task[None]) -> None:

@@ -27,6 +27,4 @@ async def chat(http: Request, state: StateDep) -> Response:
     key = None if params.chat_id is None else chat_key(params.chat_id)  # for GET /api/chat/{id}/stream
     stream = start_stream(state, request, key=key, protocol="aisdk")
     message_id = f"msg-{stream.stream_id}"
-    return await stream_response(
-        http, state, stream, lambda s: UIMessageStreamEncoder(message_id, request.model)
-    )
+    return stream_response(http, state, stream, lambda s: UIMessageStreamEncoder(message_id, request.model))

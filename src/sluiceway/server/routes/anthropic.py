@@ -39,9 +39,7 @@ async def messages(http: Request, state: StateDep) -> Response:
     stream = start_stream(state, request, protocol="anthropic")
     message_id = f"msg_{stream.stream_id}"
     if params.stream:
-        return await stream_response(
-            http, state, stream, lambda s: AnthropicEncoder(message_id, request.model)
-        )
+        return stream_response(http, state, stream, lambda s: AnthropicEncoder(message_id, request.model))
     return await answer_response(
         http, stream, lambda a: message_body(message_id, request.model, a.text, a.usage, a.finish)
     )

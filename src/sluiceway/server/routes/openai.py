@@ -39,7 +39,7 @@ async def chat_completions(http: Request, state: StateDep) -> Response:
     completion_id = f"chatcmpl-{stream.stream_id}"
     created = int(time.time())
     if params.stream:
-        return await stream_response(
+        return stream_response(
             http,
             state,
             stream,

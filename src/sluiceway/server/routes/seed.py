@@ -81,7 +81,7 @@ async def chat_stream(
         start_stream, state, request, body.disconnect, grace_s=body.disconnect_grace_s, protocol="seed"
     )
     stream = start() if turn is None else await start_turn(http, turn, start)
-    response = await stream_response(http, state, stream, lambda s: SeedEncoder(s.stream_id))
+    response = stream_response(http, state, stream, lambda s: SeedEncoder(s.stream_id))
     if turn is not None:
         response.headers[HEADER] = turn.conversation.id
     return response

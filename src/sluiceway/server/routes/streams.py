@@ -47,7 +47,7 @@ def chat_key(chat_id: str) -> str:
 async def resume_seed(http: Request, state: AppState, stream_id: str, after: int) -> Response:
     """The seed SSE of ``stream_id`` after event ``after``, then live (404 if not retained)."""
     stream = await lookup(state, stream_id)
-    return await stream_response(http, state, stream, lambda s: SeedEncoder(s.stream_id), after=after)
+    return stream_response(http, state, stream, lambda s: SeedEncoder(s.stream_id), after=after)
 
 
 async def lookup(state: AppState, stream_id: str) -> Stream:
@@ -128,4 +128,4 @@ async def resume_chat(chat_id: str, http: Request, state: StateDep) -> Response:
     def encoder(s: Stream) -> UIMessageStreamEncoder:
         return UIMessageStreamEncoder(f"msg-{s.stream_id}", s.model or "")
 
-    return await stream_response(http, state, stream, encoder)
+    return stream_response(http, state, stream, encoder)
