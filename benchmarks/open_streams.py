@@ -12,12 +12,15 @@ open stream costs once the first ones have been paid for) are printed.
 
 All on loopback; every load is bounded (``--per-worker 1``, a time limit).
 
-Run: ``.venv/bin/python benchmarks/open_streams.py [--low 256 --high 1000]``.
+Run: ``.venv/bin/python benchmarks/open_streams.py [--low 256 --high 1000 --reps 5 --targets sluiceway]``;
+each repetition starts every server afresh (the RSS a burst of streams leaves depends on how the
+requests of the burst interleave: single runs of the same code vary by a third).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,11 +50,37 @@ def hold(url: str, model: str, streams: int, pid: int) -> int:
     return rss
 
 
+TARGETS = ("http-floor", "sdk-floor", "sluiceway")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--low", type=int, default=256)
     parser.add_argument("--high", type=int, default=1000)
+    parser.add_argument("--reps", type=int, default=1, help="fresh servers each time; medians printed last")
+    parser.add_argument(
+        "--targets", default=",".join(TARGETS), help="a comma-separated subset of " + ", ".join(TARGETS)
+    )
     args = parser.parse_args()
+    names = [name for name in args.targets.split(",") if name in TARGETS]
+    head = f"| target | RSS idle MB | RSS at {args.low} open MB | RSS at {args.high} open MB "
+    print(head + "| KB per open stream (idle → high) | KB per extra stream (low → high) |")
+    print("|---|---:|---:|---:|---:|---:|", flush=True)
+    rows: dict[str, list[list[float]]] = {name: [] for name in names}
+    for _ in range(args.reps):
+        for name in names:
+            cells = measure(name, args.low, args.high)
+            rows[name].append(cells)
+            print(f"| {name} | " + " | ".join(f"{c:.1f}" for c in cells) + " |", flush=True)
+    if args.reps > 1:
+        for name in names:
+            medians = [statistics.median(column) for column in zip(*rows[name], strict=True)]
+            print(f"| {name}, median of {args.reps} | " + " | ".join(f"{c:.1f}" for c in medians) + " |")
+    return 0
+
+
+def measure(name: str, low: int, high: int) -> list[float]:
+    """Start the mock and the ``name`` server afresh, hold ``low`` then ``high`` streams; the row's cells."""
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         mock_port = free_port()
@@ -59,36 +88,36 @@ def main() -> int:
         cmd = [PYTHON, str(HERE / "mock_upstream.py"), "--port", str(mock_port)]
         mock = stack.enter_context(process(cmd, tmp / "mock.log"))
         wait_http(f"{mock_url}/stats", mock, 30)
-        targets: dict[str, tuple[str, int, str]] = {}
-        for name, extra in (("http-floor", []), ("sdk-floor", ["--sdk"])):
-            port = free_port()
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        if name == "sluiceway":
+            config = tmp / "sluiceway.toml"
+            config.write_text(
+                f'default_model = "quiet"\ndisconnect_grace_s = 0\nretention_s = 10\ndata_dir = "{tmp}"\n'
+                '[models.local]\nprovider = "echo"\n'  # no embedded model, as in the relay benchmark
+                f'[models.quiet]\nprovider = "openai"\nmodel = "{QUIET_MODEL}"\nbase_url = "{mock_url}/v1"\n'
+            )
+            cmd = [PYTHON, "-m", "sluiceway", "serve", "--config", str(config), "--port", str(port)]
+            proc = stack.enter_context(process(cmd, tmp / "sluiceway.log"))
+            wait_http(f"{url}/healthz", proc, 60)
+            model = "quiet"
+        else:
+            extra = ["--sdk"] if name == "sdk-floor" else []
             cmd = [PYTHON, str(HERE / "http_floor.py"), "--port", str(port), "--upstream", mock_url, *extra]
             proc = stack.enter_context(process(cmd, tmp / f"{name}.log"))
-            wait_http(f"http://127.0.0.1:{port}/stats", proc, 30)
-            targets[name] = (f"http://127.0.0.1:{port}", proc.pid, QUIET_MODEL)
-        config = tmp / "sluiceway.toml"
-        config.write_text(
-            f'default_model = "quiet"\ndisconnect_grace_s = 0\nretention_s = 10\ndata_dir = "{tmp}"\n'
-            '[models.local]\nprovider = "echo"\n'  # no embedded model in memory, as in the relay benchmark
-            f'[models.quiet]\nprovider = "openai"\nmodel = "{QUIET_MODEL}"\nbase_url = "{mock_url}/v1"\n'
-        )
-        port = free_port()
-        cmd = [PYTHON, "-m", "sluiceway", "serve", "--config", str(config), "--port", str(port)]
-        proc = stack.enter_context(process(cmd, tmp / "sluiceway.log"))
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc, 60)
-        targets["sluiceway"] = (f"http://127.0.0.1:{port}", proc.pid, "quiet")
-        head = f"| target | RSS idle MB | RSS at {args.low} open MB | RSS at {args.high} open MB "
-        print(head + "| KB per open stream (idle → high) | KB per extra stream (low → high) |")
-        print("|---|---:|---:|---:|---:|---:|")
-        for name, (url, pid, model) in targets.items():
-            hold(url, model, args.low, pid)  # warm-up: imports, pools, first-request paths
-            idle = rss_kb(pid)
-            low = hold(url, model, args.low, pid)
-            high = hold(url, model, args.high, pid)
-            cells = [idle / 1024, low / 1024, high / 1024, (high - idle) / args.high]
-            cells.append((high - low) / (args.high - args.low))
-            print(f"| {name} | " + " | ".join(f"{c:.1f}" for c in cells) + " |", flush=True)
-    return 0
+            wait_http(f"{url}/stats", proc, 30)
+            model = QUIET_MODEL
+        hold(url, model, low, proc.pid)  # warm-up: imports, pools, first-request paths
+        idle = rss_kb(proc.pid)
+        at_low = hold(url, model, low, proc.pid)
+        at_high = hold(url, model, high, proc.pid)
+        return [
+            idle / 1024,
+            at_low / 1024,
+            at_high / 1024,
+            (at_high - idle) / high,
+            (at_high - at_low) / (high - low),
+        ]
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import weakref
 from collections.abc import AsyncGenerator
 
 import httpx
@@ -16,13 +18,15 @@ from sluiceway.server.responses import EventStreamResponse, SluicewayApp
 
 
 class Layer:
-    """A pure ASGI layer noting whether its inner call has returned, and the headers it saw."""
+    """A pure ASGI layer noting whether its inner call has returned, and the headers it saw; its
+    ``send`` wrapper is watched by ``wrapper`` (a weak reference)."""
 
     def __init__(self, app: ASGIApp, fail_after: bool = False) -> None:
         self.app = app
         self.fail_after = fail_after
         self.returned = False
         self.started_with: list[tuple[bytes, bytes]] = []
+        self.wrapper: weakref.ref[object] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def noting(message: dict[str, object]) -> None:
@@ -31,6 +35,7 @@ class Layer:
                 message["headers"].append((b"x-layer", b"1"))  # type: ignore[attr-defined]
             await send(message)
 
+        self.wrapper = weakref.ref(noting)
         await self.app(scope, receive, noting)
         self.returned = True
         if self.fail_after:
@@ -39,13 +44,15 @@ class Layer:
 
 def build(app: FastAPI, *, fail_after: bool = False, pause_s: float = 0) -> tuple[Layer, list[object]]:
     """``app`` serving ``GET /s``, its innermost layer, and what the body sees (at each chunk: had
-    the layer returned?), then ``"closed"``; each body generator is appended to ``bodies``."""
+    the layer returned? is its ``send`` wrapper still held?), then ``"closed"``; each body generator
+    is appended to ``bodies``."""
     seen: list[object] = []
 
     async def body() -> AsyncGenerator[bytes, None]:
         try:
             for word in (b"one ", b"two"):
-                seen.append(layer.returned)
+                gc.collect()
+                seen.append((layer.returned, layer.wrapper is not None and layer.wrapper() is not None))
                 await asyncio.sleep(pause_s)
                 yield word
         finally:
@@ -81,7 +88,7 @@ async def test_the_layers_have_returned_before_the_body_streams() -> None:
         "s1",
     )
     assert (b"x-stream-id", b"s1") in layer.started_with  # the start went through the layer
-    assert seen == [True, True, "closed"]
+    assert seen == [(True, False), (True, False), "closed"]  # the wrappers went once the start was sent
 
 
 async def test_under_another_app_the_body_streams_through_the_layers() -> None:
@@ -89,7 +96,7 @@ async def test_under_another_app_the_body_streams_through_the_layers() -> None:
     layer, seen = build(app)
     r = await get(app)
     assert (r.text, r.headers["x-layer"]) == ("one two", "1")
-    assert seen == [False, False, "closed"]
+    assert seen == [(False, True), (False, True), "closed"]
     assert layer.returned
 
 
@@ -146,7 +153,7 @@ async def test_a_client_leaving_stops_a_body_that_swallows_the_first_cancel() ->
     response = EventStreamResponse(body(), media_type="text/plain")
     task = asyncio.current_task()
     assert task is not None
-    await asyncio.wait_for(response.finish({"type": "http"}, receive, send, send), 1)  # type: ignore[arg-type]
+    await asyncio.wait_for(response({"type": "http"}, receive, send), 1)  # type: ignore[arg-type]
     assert (sent, swallowed, task.cancelling()) == ([b"one"], ["once", "closed"], 0)
 
 
@@ -164,7 +171,7 @@ async def test_a_cancel_from_outside_still_cancels_the_sending_task() -> None:
         pass
 
     response = EventStreamResponse(body(), media_type="text/plain")
-    sending = asyncio.create_task(response.finish({"type": "http"}, receive, send, send))  # type: ignore[arg-type]
+    sending = asyncio.create_task(response({"type": "http"}, receive, send))  # type: ignore[arg-type]
     await asyncio.sleep(0.05)
     sending.cancel()
     with pytest.raises(asyncio.CancelledError):

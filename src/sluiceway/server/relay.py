@@ -28,7 +28,7 @@ from sluiceway.requests import ChatRequest
 from sluiceway.server.auth import current_key
 from sluiceway.server.errors import error_response, exception_response
 from sluiceway.server.limits import admit
-from sluiceway.server.responses import DeferredResponse, EventStreamResponse
+from sluiceway.server.responses import Deferred, DeferredResponse, EventStreamResponse
 from sluiceway.server.settings import Settings
 from sluiceway.server.state import AppState
 from sluiceway.streams.backend import StreamBackend
@@ -116,16 +116,18 @@ class StreamAnswer(DeferredResponse):
         self.background = None
         self.init_headers({"X-Stream-Id": stream.stream_id})
 
-    async def finish(self, scope: Scope, receive: Receive, send: Send, server_send: Send) -> None:
+    async def finish(
+        self, scope: Scope, receive: Receive, deferred: Deferred, server_send: Send
+    ) -> DeferredResponse | None:
         try:
             response = await self._choose()
         except Exception as exc:  # in place, the app's exception handlers would have answered it so
             response = exception_response(exc, self.http)
-        response.headers.update(self.headers)
         if isinstance(response, DeferredResponse):
-            await response.finish(scope, receive, send, server_send)
-        else:
-            await response(scope, receive, send)
+            return response  # finished in this answer's place: the request and the route's closures go
+        response.headers.update(self.headers)
+        await response(scope, receive, deferred.take_send())
+        return None
 
     async def abandon(self) -> None:
         self.stream.readers_left()  # no reader will come from here: the disconnect policy applies
@@ -147,7 +149,9 @@ class StreamAnswer(DeferredResponse):
             return error_response(error, self.http) if error is not None else Response(status_code=204)
         encoder = self.make_encoder(self.stream)
         return EventStreamResponse(
-            _body(encoder, head, reader), media_type=encoder.media_type, headers=encoder.headers
+            _body(encoder, head, reader),
+            media_type=encoder.media_type,
+            headers={**encoder.headers, **self.headers},
         )
 
 

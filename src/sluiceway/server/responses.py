@@ -8,8 +8,10 @@ request), and each wrapper would cost a coroutine per body message, i.e. per tok
 :class:`DeferredResponse` called through the layers only leaves itself, with the layers' ``send``,
 in the request's :class:`Deferred` (in the scope under :data:`DEFERRED`) and returns: the layers
 unwind, and :class:`SluicewayApp`, at the top, calls :meth:`DeferredResponse.finish`, which sends the
-start through the layers' ``send`` (each still adds its headers, notes the status) and the body
-straight to the server's. A layer that must act when the response is over (the request log) adds
+start through the layers' ``send`` (each still adds its headers, notes the status; the wrappers are
+let go right after) and the body straight to the server's, or first chooses another response to
+finish in its place (a streaming route's answer waits for the stream's first word, then becomes the
+stream, or an error). A layer that must act when the response is over (the request log) adds
 a callback to :attr:`Deferred.after` instead. Without a ``Deferred`` (an app other than
 :class:`SluicewayApp`) the response finishes in place, through the layers. A layer that needs the
 body messages (compression, say) must not be added in front of these responses, nor one that must
@@ -48,6 +50,12 @@ class Deferred:
         self.send: Send | None = None
         self.after: list[Callable[[], None]] = []
 
+    def take_send(self) -> Send:
+        """The layers' ``send``, once: what sends the start takes it, and the layers' wrappers go then."""
+        send, self.send = self.send, None
+        assert send is not None, "the start was sent already"
+        return send
+
 
 class SluicewayApp(FastAPI):
     """FastAPI, finishing :class:`DeferredResponse` above its middleware (see the module)."""
@@ -60,12 +68,13 @@ class SluicewayApp(FastAPI):
         try:
             await super().__call__(scope, receive, send)
             response, deferred.response = deferred.response, None
-            if response is not None and deferred.send is not None:
-                layers_send, deferred.send = deferred.send, None
+            if response is not None:
                 scope.pop("fastapi_middleware_astack", None)  # FastAPI's, exited with its layer (≈ 0.7 KB)
-                await response.finish(scope, receive, layers_send, send)
+            while response is not None:
+                response = await response.finish(scope, receive, deferred, send)
         finally:
             del scope[DEFERRED]
+            deferred.send = None
             if deferred.response is not None:  # a layer failed after the route returned
                 await deferred.response.abandon()
             for after in deferred.after:
@@ -77,13 +86,20 @@ class DeferredResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         deferred: Deferred | None = scope.get(DEFERRED)
-        if deferred is None or deferred.response is not None:
-            await self.finish(scope, receive, send, send)
-        else:
+        if deferred is not None and deferred.response is None:
             deferred.response, deferred.send = self, send
+            return
+        here = Deferred()  # no SluicewayApp above: finish in place, through the layers
+        here.send = send
+        response: DeferredResponse | None = self
+        while response is not None:
+            response = await response.finish(scope, receive, here, send)
 
-    async def finish(self, scope: Scope, receive: Receive, send: Send, server_send: Send) -> None:
-        """Send the response: its start through ``send`` (the layers'), its body through ``server_send``."""
+    async def finish(
+        self, scope: Scope, receive: Receive, deferred: Deferred, server_send: Send
+    ) -> DeferredResponse | None:
+        """Send the response, its start through ``deferred.take_send()`` (the layers' ``send``) and its
+        body through ``server_send``; or return the response to finish in its place."""
         raise NotImplementedError
 
     async def abandon(self) -> None:
@@ -107,18 +123,22 @@ class EventStreamResponse(DeferredResponse):
         self.background = None
         self.init_headers(headers)
 
-    async def finish(self, scope: Scope, receive: Receive, send: Send, server_send: Send) -> None:
+    async def finish(
+        self, scope: Scope, receive: Receive, deferred: Deferred, server_send: Send
+    ) -> DeferredResponse | None:
         start = {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         self.raw_headers = []  # sent: the layers add theirs to this list (≈ 0.5 KB a stream)
+        send = deferred.take_send()
         try:
             await send(start)
         except BaseException as exc:
             await self.chunks.aclose()
             if isinstance(exc, OSError):  # the client is gone
-                return
+                return None
             raise
         del send, start  # the layers' send wrappers go now; the body goes to the server's
         await self.stream(receive, server_send)
+        return None
 
     async def abandon(self) -> None:
         await self.chunks.aclose()
