@@ -92,6 +92,21 @@ describe("streamChat", () => {
     });
   });
 
+  test("retry asks the server for the conversation's last question again, in the query", async () => {
+    const srv = await serve((req, res) => {
+      res.writeHead(200, { ...SSE, "x-stream-id": "s2", "x-conversation-id": "c9" });
+      res.end(done("s2", 2));
+    });
+    await collect(streamChat({ url: srv.url, message: "again", conversationId: "c9", retry: true }));
+    await collect(streamChat({ url: `${srv.url}?x=1`, message: "again", conversationId: "c9", retry: true }));
+    await collect(streamChat({ url: srv.url, message: "again", retry: true })); // no conversation: no retry
+    assert.deepEqual(
+      srv.requests.map((r) => r.url),
+      ["/chat/stream?retry=true", "/chat/stream?x=1&retry=true", "/chat/stream"],
+    );
+    assert.deepEqual(srv.requests[0].body, { message: "again", conversation_id: "c9" });
+  });
+
   test("a JSON error before the stream is thrown with code, status and retryAfter", async () => {
     const srv = await serve((req, res) => {
       res.writeHead(429, { "content-type": "application/json", "retry-after": "7" });

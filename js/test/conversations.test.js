@@ -131,6 +131,9 @@ describe("ServerStore", () => {
       assert.deepEqual(store.request(fresh, "hello"), { conversationId: "new", message: "hello" });
       store.adopt(fresh, "c9");
       assert.deepEqual(store.request(fresh, "again"), { conversationId: "c9", message: "again" });
+      assert.deepEqual(store.request(fresh, "again", { retry: true }), { conversationId: "c9", message: "again", retry: true });
+      // a conversation the server never named has no turn to replace
+      assert.deepEqual(store.request(await store.create("t"), "hi", { retry: true }), { conversationId: "new", message: "hi" });
     } finally {
       await srv.close();
     }

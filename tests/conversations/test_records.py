@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 import pytest
 
 from sluiceway.conversations import Answer, StoredMessage, Turn, answer_from_events, derive_title
-from sluiceway.conversations.records import Conversation
+from sluiceway.conversations.records import Conversation, retried_from
 from sluiceway.events import ErrorEvent, Event, Finish, TextDelta, Usage
 from sluiceway.requests import Message
 
@@ -87,3 +87,33 @@ def test_prompt_skips_answers_without_text() -> None:
         Message("user", ""),
         Message("user", "three"),
     )
+
+
+def _turns(*pairs: tuple[str, str, str]) -> tuple[StoredMessage, ...]:
+    """(question, answer, answer status) triples as stored messages, oldest first."""
+    at = datetime(2025, 1, 1, tzinfo=UTC)
+    found: list[StoredMessage] = []
+    for i, (question, answer, status) in enumerate(pairs):
+        found.append(StoredMessage(f"q{i}", "user", question, "complete", at))
+        found.append(StoredMessage(f"a{i}", "assistant", answer, status, at))  # type: ignore[arg-type]
+    return tuple(found)
+
+
+@pytest.mark.parametrize(
+    ("history", "question", "start"),
+    [
+        (_turns(("one", "uno", "complete"), ("two", "do", "error")), "two", 2),
+        (_turns(("two", "", "error")), "two", 0),
+        (_turns(("one", "uno", "complete"), ("two", "d", "cancelled")), "two", 2),
+        (_turns(("one", "uno", "complete"), ("two", "", "streaming")), "two", 2),
+        # the last turn answered: its retry never reached the store, so nothing is replaced
+        (_turns(("two", "do", "complete")), "two", None),
+        # the last turn asked something else: nothing is replaced
+        (_turns(("one", "", "error")), "two", None),
+        ((), "two", None),
+    ],
+)
+def test_a_retry_replaces_only_the_same_unanswered_last_turn(
+    history: tuple[StoredMessage, ...], question: str, start: int | None
+) -> None:
+    assert retried_from(history, question) == start

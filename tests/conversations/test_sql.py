@@ -162,6 +162,36 @@ async def test_history_is_the_stored_conversation(store: SqlConversationStore) -
     assert second.conversation.title == "one"
 
 
+async def test_a_retry_replaces_the_failed_last_turn(store: SqlConversationStore) -> None:
+    first = await store.begin_turn(None, "one", "echo")
+    await store.finish_answer(first.answer_id, Answer("complete", "uno", Usage(1, 1), 5.0))
+    failed = await store.begin_turn(first.conversation.id, "two", "echo")
+    await store.finish_answer(failed.answer_id, Answer("error", "do", None, 3.0, "upstream_error"))
+    retried = await store.begin_turn(first.conversation.id, "two", "echo", retry=True)
+    assert [(m.role, m.content) for m in retried.prompt] == [
+        ("user", "one"),
+        ("assistant", "uno"),
+        ("user", "two"),
+    ]
+    stored = (await store.get(first.conversation.id, messages=True)).messages
+    assert [(m.role, m.content, m.status) for m in stored] == [
+        ("user", "one", "complete"),
+        ("assistant", "uno", "complete"),
+        ("user", "two", "complete"),
+        ("assistant", "", "streaming"),
+    ]
+    assert stored[-1].id == retried.answer_id
+    assert not await store.finish_answer(failed.answer_id, Answer("complete", "too late"))
+
+
+async def test_a_retry_keeps_an_answered_last_turn(store: SqlConversationStore) -> None:
+    first = await store.begin_turn(None, "one", "echo")
+    await store.finish_answer(first.answer_id, Answer("complete", "uno"))
+    again = await store.begin_turn(first.conversation.id, "one", "echo", retry=True)
+    assert [m.content for m in again.history] == ["one", "uno"]
+    assert len((await store.get(first.conversation.id, messages=True)).messages) == 4
+
+
 async def test_a_titled_conversation_keeps_its_title(store: SqlConversationStore) -> None:
     made = await store.create("Mine")
     turn = await store.begin_turn(made.id, "something else entirely", "echo")

@@ -335,6 +335,64 @@ def test_errors_show_inline_with_the_servers_message(open_page: Callable[..., Pa
     assert "upstream_unavailable" in early.inner_text() and "503" in early.inner_text()
 
 
+def stored_turns(url: str, conversation_id: str, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The server's messages of a conversation once none is still streaming (a bounded poll)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = httpx.get(f"{url}/conversations/{conversation_id}").json()["messages"]
+        if all(m["status"] != "streaming" for m in found) or time.monotonic() > deadline:
+            return list(found)
+        time.sleep(0.05)
+
+
+def test_retry_replaces_the_failed_turn_on_the_server(
+    open_page: Callable[..., Page], srv: LiveServer
+) -> None:
+    chat = open_page()
+    page = chat.open()
+    chat.send("retry me a b c d e f", model="echo-fail")
+    chat.wait_state("error")
+    conversation_id = page.evaluate("window.sluicewayApp.conversation.id")
+    first = stored_turns(srv.url, conversation_id)[-1]
+    chat.last_answer().locator("button.retry").click()
+    page.wait_for_function(
+        "() => document.querySelector('.msg.assistant:last-of-type .alert .retry') !== null"
+    )
+    stored = stored_turns(srv.url, conversation_id)
+    assert [(m["role"], m["status"]) for m in stored] == [("user", "complete"), ("assistant", "error")]
+    assert stored[0]["content"] == "retry me a b c d e f" and stored[1]["content"] == "retry me a "
+    assert stored[1]["id"] != first["id"]
+    assert stored[1]["usage"]["input_tokens"] == first["usage"]["input_tokens"]  # asked once, as before
+    page.reload()
+    page.wait_for_selector(".msg.assistant[data-state=error]")
+    assert page.locator(".msg.user").count() == 1 and page.locator(".msg.assistant").count() == 1
+
+
+def test_retry_after_an_error_without_text_asks_once(open_page: Callable[..., Page], srv: LiveServer) -> None:
+    chat = open_page()
+    page = chat.open()
+    chat.send("first question")
+    chat.wait_state("done")
+    chat.send("second question", model="echo-fail-early")
+    chat.wait_state("error")
+    conversation_id = page.evaluate("window.sluicewayApp.conversation.id")
+    page.select_option("#model", "echo")
+    chat.last_answer().locator("button.retry").click()
+    answer = chat.wait_state("done")
+    assert answer.locator(".md").inner_text() == "second question"
+    stored = stored_turns(srv.url, conversation_id)
+    assert [(m["role"], m["content"], m["status"]) for m in stored] == [
+        ("user", "first question", "complete"),
+        ("assistant", "first question", "complete"),
+        ("user", "second question", "complete"),
+        ("assistant", "second question", "complete"),
+    ]
+    assert stored[-1]["usage"]["input_tokens"] == 2 + 2 + 2
+    page.reload()
+    page.wait_for_selector(".msg.assistant[data-state=done]")
+    assert page.locator(".msg.user").count() == 2 and page.locator(".msg.assistant").count() == 2
+
+
 def test_reload_mid_answer_shows_the_full_answer(open_page: Callable[..., Page]) -> None:
     chat = open_page()
     page = chat.open()

@@ -295,6 +295,86 @@ def test_an_answer_that_fails_before_its_first_word_is_stored(live: LiveServer) 
     assert stored["messages"][-1]["error_code"] == "upstream_auth"
 
 
+def retry(server: LiveServer, **body: Any) -> tuple[httpx.Response, list[dict[str, Any]]]:
+    """POST /chat/stream?retry=true (the page's Retry) and read the whole answer."""
+    with httpx.stream("POST", f"{server.url}/chat/stream?retry=true", json=body, timeout=30) as response:
+        raw = response.read().decode()
+    if not response.headers["content-type"].startswith("text/event-stream"):
+        return response, [json.loads(raw)]
+    return response, sse_events(raw)
+
+
+def test_a_retry_replaces_the_failed_answer_and_its_question(live: LiveServer) -> None:
+    response, _ = chat(live, conversation_id="new", message="one two")
+    conversation_id = response.headers["x-conversation-id"]
+    settled(live, conversation_id)
+    response, events = chat(live, conversation_id=conversation_id, message=WORDS, model="echo-fail")
+    assert events[-1]["type"] == "error"
+    settled(live, conversation_id)
+    response, events = retry(live, conversation_id=conversation_id, message=WORDS, model="echo-fail")
+    assert response.headers["x-conversation-id"] == conversation_id and events[-1]["type"] == "error"
+    stored = settled(live, conversation_id)["messages"]
+    assert [(m["role"], m["status"]) for m in stored] == [
+        ("user", "complete"),
+        ("assistant", "complete"),
+        ("user", "complete"),
+        ("assistant", "error"),
+    ]
+    assert stored[-1]["content"] == "word0 word1 word2 "
+    # the model saw the history once: not the question twice, nor the failed attempt's words
+    assert stored[-1]["usage"]["input_tokens"] == 2 + 2 + 40
+
+
+def test_a_retry_replaces_an_answer_that_failed_before_its_first_word(live: LiveServer) -> None:
+    response, _ = chat(live, conversation_id="new", message="hello there", model="echo-dead")
+    conversation_id = response.headers["x-conversation-id"]
+    settled(live, conversation_id)
+    response, events = retry(live, conversation_id=conversation_id, message="hello there")
+    assert response.status_code == 200
+    done = next(e for e in events if e["type"] == "done")
+    assert done["usage"]["input_tokens"] == 2
+    stored = settled(live, conversation_id)["messages"]
+    assert [(m["role"], m["content"], m["status"]) for m in stored] == [
+        ("user", "hello there", "complete"),
+        ("assistant", "hello there", "complete"),
+    ]
+
+
+def test_a_retry_replaces_a_stopped_answer(live: LiveServer) -> None:
+    body = {"conversation_id": "new", "message": WORDS, "model": "echo-slow"}
+    with httpx.stream("POST", f"{live.url}/chat/stream", json=body, timeout=30) as response:
+        conversation_id = response.headers["x-conversation-id"]
+        stream_id = response.headers["x-stream-id"]
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                assert httpx.post(f"{live.url}/chat/stream/{stream_id}/cancel").status_code < 300
+                break
+    settled(live, conversation_id)
+    _, events = retry(live, conversation_id=conversation_id, message=WORDS, model="echo-quick")
+    assert next(e for e in events if e["type"] == "done")["usage"]["input_tokens"] == 40
+    stored = settled(live, conversation_id)["messages"]
+    assert [(m["role"], m["status"]) for m in stored] == [("user", "complete"), ("assistant", "complete")]
+    assert stored[-1]["content"] == WORDS
+
+
+def test_a_retry_never_replaces_an_answered_turn(api: LiveServer) -> None:
+    response, _ = chat(api, conversation_id="new", message="asked twice")
+    conversation_id = response.headers["x-conversation-id"]
+    settled(api, conversation_id)
+    # e.g. the first attempt of this retry never reached the server: the question is a new turn
+    _, events = retry(api, conversation_id=conversation_id, message="asked twice")
+    assert next(e for e in events if e["type"] == "done")["usage"]["input_tokens"] == 2 + 2 + 2
+    assert len(settled(api, conversation_id)["messages"]) == 4
+
+
+@pytest.mark.parametrize("value", ["yes", ""])
+def test_a_retry_flag_that_is_not_a_boolean_is_400(api: LiveServer, value: str) -> None:
+    url = f"{api.url}/chat/stream?retry={value}"
+    response = httpx.post(url, json={"conversation_id": "new", "message": "hi"}, timeout=30)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "invalid_request"
+    assert httpx.get(f"{api.url}/conversations").json()["data"] == []
+
+
 def test_answers_running_at_shutdown_are_stored(database: str) -> None:
     settings = settings_for(database, disconnect_policy="finish")
     body = {"conversation_id": "new", "message": WORDS, "model": "echo-slow"}

@@ -117,6 +117,23 @@ def answer_from_events(events: Iterable[Event]) -> Answer:
     return Answer(status, content, usage, finish.ttft_ms)
 
 
+def retried_from(history: tuple[StoredMessage, ...], question: str) -> int | None:
+    """Where the turn that a retry of ``question`` replaces starts in ``history``, or ``None``.
+
+    A retry replaces the conversation's last turn only when that turn asked the same ``question``
+    and its answer did not complete (it failed, was stopped, or is still streaming). So a retry whose
+    earlier attempt never reached the store (the server was unreachable) cannot replace an older,
+    answered turn: it is then stored as a new turn.
+    """
+    last = next((i for i in range(len(history) - 1, -1, -1) if history[i].role == "user"), None)
+    if last is None or history[last].content != question:
+        return None
+    answers = history[last + 1 :]
+    if any(m.role != "assistant" or m.status == "complete" for m in answers):
+        return None
+    return last
+
+
 def derive_title(text: str, limit: int = TITLE_LENGTH) -> str | None:
     """A title from the first user message: whitespace collapsed, cut at a word within ``limit``."""
     words = " ".join(text.split())

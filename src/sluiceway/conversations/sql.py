@@ -35,6 +35,7 @@ from sluiceway.conversations.records import (
     StoredMessage,
     Turn,
     derive_title,
+    retried_from,
 )
 from sluiceway.conversations.schema import conversations, messages, migrate
 from sluiceway.errors import ConversationNotFoundError, InvalidRequestError, StoreUnavailableError
@@ -217,7 +218,13 @@ class SqlConversationStore:
             await conn.execute(delete(messages).where(messages.c.conversation_id == conversation_id))
 
     async def begin_turn(
-        self, conversation_id: str | None, question: str, model: str, *, owner: str | None = None
+        self,
+        conversation_id: str | None,
+        question: str,
+        model: str,
+        *,
+        owner: str | None = None,
+        retry: bool = False,
     ) -> Turn:
         now = now_us()
         async with self._transaction() as conn:
@@ -229,6 +236,8 @@ class SqlConversationStore:
             else:
                 await _load(conn, conversation_id, owner)
                 history = await _messages(conn, conversation_id)
+                if retry:
+                    history = await _drop_retried(conn, history, question)
                 await _touch(conn, conversation_id, now, derive_title(question))
             at = to_datetime(now)
             user = StoredMessage(new_id(), "user", question, "complete", at, finished_at=at)
@@ -332,6 +341,17 @@ async def _load(conn: AsyncConnection, conversation_id: str, owner: str | None) 
 async def _messages(conn: AsyncConnection, conversation_id: str) -> tuple[StoredMessage, ...]:
     query = select(messages).where(messages.c.conversation_id == conversation_id).order_by(messages.c.seq)
     return tuple(_message(row) for row in await conn.execute(query))
+
+
+async def _drop_retried(
+    conn: AsyncConnection, history: tuple[StoredMessage, ...], question: str
+) -> tuple[StoredMessage, ...]:
+    """Delete the turn a retry of ``question`` replaces (see :func:`retried_from`); the history left."""
+    start = retried_from(history, question)
+    if start is None:
+        return history
+    await conn.execute(delete(messages).where(messages.c.id.in_([m.id for m in history[start:]])))
+    return history[:start]
 
 
 async def _touch(conn: AsyncConnection, conversation_id: str, now: int, title: str | None) -> None:

@@ -41,11 +41,19 @@ class ConversationStore(Protocol):
         ...
 
     async def begin_turn(
-        self, conversation_id: str | None, question: str, model: str, *, owner: str | None = None
+        self,
+        conversation_id: str | None,
+        question: str,
+        model: str,
+        *,
+        owner: str | None = None,
+        retry: bool = False,
     ) -> Turn:
         """Store the user's ``question`` and a ``streaming`` answer placeholder for ``model``.
 
-        ``conversation_id`` ``None`` starts a new conversation. The returned turn holds the history
+        ``conversation_id`` ``None`` starts a new conversation. With ``retry``, the last turn is
+        deleted first if it asked the same question and its answer did not complete
+        (:func:`~sluiceway.conversations.records.retried_from`). The returned turn holds the history
         before the question, read in the same transaction.
         """
         ...

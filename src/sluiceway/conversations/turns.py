@@ -50,10 +50,17 @@ class TurnRecorder:
         return len(self._pending)
 
     async def begin(
-        self, conversation_id: str | None, question: str, model: str, *, owner: str | None = None
+        self,
+        conversation_id: str | None,
+        question: str,
+        model: str,
+        *,
+        owner: str | None = None,
+        retry: bool = False,
     ) -> Turn:
-        """Store ``question`` (in a new conversation when ``conversation_id`` is ``None``)."""
-        return await self.store.begin_turn(conversation_id, question, model, owner=owner)
+        """Store ``question`` (in a new conversation when ``conversation_id`` is ``None``); with
+        ``retry``, in place of the last turn if that one asked the same and did not complete."""
+        return await self.store.begin_turn(conversation_id, question, model, owner=owner, retry=retry)
 
     def follow(self, turn: Turn, stream: Stream) -> None:
         """Record ``stream`` as the answer of ``turn`` when it ends."""
@@ -95,7 +102,7 @@ class TurnRecorder:
         for attempt in range(1, self.write_attempts + 1):
             try:
                 if not await self.store.finish_answer(turn.answer_id, answer):
-                    logger.info("answer %s not stored: its conversation is gone", turn.answer_id)
+                    logger.info("answer %s not stored: it was deleted or retried", turn.answer_id)
                 return
             except StoreUnavailableError:
                 if attempt == self.write_attempts:

@@ -302,7 +302,7 @@ class App {
     if (lastUser < 0) return;
     const prompt = messages[lastUser].content;
     messages.splice(lastUser + 1);
-    const request = this.store.request(this.conversation, prompt);
+    const request = this.store.request(this.conversation, prompt, { retry: true });
     view.clearError();
     view.setNote("");
     view.renderer.reset();

@@ -5,9 +5,10 @@
  * Both stores speak the same shapes: `list()` gives `[{id, title, created_at, updated_at}]`, newest
  * first; `get(id)` gives `{id, title, messages: [{role, content, status, ...}]}` with `status` one of
  * `complete`, `cancelled`, `error` (and `streaming` while an answer is running). `request(conversation,
- * text)` says what `streamChat` must send: the server store sends only the new message with the
+ * text, {retry})` says what `streamChat` must send: the server store sends only the new message with the
  * `conversation_id` (the server keeps the history; `"new"` starts a conversation and the server names
- * it in `X-Conversation-Id`); the local store sends the whole history.
+ * it in `X-Conversation-Id`), and for a Retry asks the server to replace the failed turn; the local store
+ * sends the whole history (the page has already dropped the failed answer from it).
  */
 
 const KEY = "sluiceway.conversations";
@@ -120,8 +121,11 @@ export class ServerStore {
     await this._json("DELETE", `conversations/${encodeURIComponent(id)}`);
   }
 
-  request(conversation, text) {
-    return { conversationId: conversation.id ?? "new", message: text };
+  /** With `retry`, the server replaces the last turn if it asked `text` and did not complete. */
+  request(conversation, text, { retry = false } = {}) {
+    const request = { conversationId: conversation.id ?? "new", message: text };
+    if (retry && conversation.id) request.retry = true;
+    return request;
   }
 
   /** The server named the conversation of a stream (`X-Conversation-Id`). */

@@ -109,15 +109,16 @@ export function seqOf(id) {
  * yields `{type:"reconnect", attempt, after}` in between. Throws `SluicewayError` (or `AbortError`).
  *
  * Options: `url` (default "/chat/stream"), `messages` or `message`, `model`, `signal`, `maxTokens`,
- * `temperature`, `conversationId`, `disconnect` ("cancel" | "finish"), `headers`, `resume` (default
- * true), `maxReconnects` (default 5), `fetch` (an alternative fetch).
+ * `temperature`, `conversationId`, `retry` (with `conversationId`: ask the conversation's last
+ * question again, in place of its failed or stopped answer), `disconnect` ("cancel" | "finish"),
+ * `headers`, `resume` (default true), `maxReconnects` (default 5), `fetch` (an alternative fetch).
  */
 export async function* streamChat(options) {
   const { url = "/chat/stream", signal, headers = {} } = options;
   const fetchImpl = options.fetch ?? globalThis.fetch;
   const response = await send(
     fetchImpl,
-    url,
+    options.retry && options.conversationId ? withQuery(url, "retry=true") : url,
     {
       method: "POST",
       headers: { "content-type": "application/json", accept: "text/event-stream", ...headers },
@@ -168,6 +169,13 @@ function requestBody(options) {
   if (options.conversationId) body.conversation_id = options.conversationId;
   if (options.disconnect) body.disconnect = options.disconnect;
   return body;
+}
+
+/** `url` with `pair` added to its query (it may be relative, and may have a query already). */
+function withQuery(url, pair) {
+  const hash = url.indexOf("#");
+  const base = hash < 0 ? url : url.slice(0, hash);
+  return `${base}${base.includes("?") ? "&" : "?"}${pair}`;
 }
 
 function trimSlash(url) {

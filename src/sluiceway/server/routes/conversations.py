@@ -16,13 +16,16 @@ from sluiceway.conversations import Conversation, LazyRecorder, StoredMessage, T
 from sluiceway.errors import InvalidRequestError, SluicewayError
 from sluiceway.requests import Message
 from sluiceway.server.auth import current_key
+from sluiceway.server.routes._protocol import JSONRoute
 from sluiceway.streams.hub import Stream
 
-router = APIRouter()
+router = APIRouter(route_class=JSONRoute)
 
 NEW = "new"
 """The ``conversation_id`` that starts a new conversation with the question."""
 HEADER = "X-Conversation-Id"
+RETRY = "retry"
+"""The query parameter of a chat route that asks a conversation's last question again (``?retry=true``)."""
 TITLE_MAX = 200
 
 
@@ -102,15 +105,33 @@ async def delete_conversation(conversation_id: str, recorder: RecorderDep) -> Re
 async def begin_turn(http: Request, conversation_id: str, new: list[Message], model: str) -> Turn:
     """Store the question of a chat request that names ``conversation_id`` (``"new"`` starts one).
 
-    ``new`` must be exactly one user message: the history comes from the store.
+    ``new`` must be exactly one user message: the history comes from the store. With ``?retry=true``
+    on the request the question replaces the conversation's last turn, if that turn asked the same
+    and its answer did not complete (a Retry after a failure or a Stop).
     """
     if len(new) != 1 or new[0].role != "user":
         raise InvalidRequestError(
             "with conversation_id, send only the new user message ('message'); the history is stored"
         )
+    retry = retry_requested(http)
     target = None if conversation_id == NEW else conversation_id
     recorder = await get_recorder(http)
-    return await recorder.begin(target, new[0].content, model, owner=caller())
+    return await recorder.begin(target, new[0].content, model, owner=caller(), retry=retry)
+
+
+def retry_requested(http: Request) -> bool:
+    """Whether the chat request asks its question again (``?retry=true``, or ``1``/``false``/``0``).
+
+    A query parameter rather than a body field, so that every chat route that continues
+    conversations understands it the same way, whatever its body looks like."""
+    value = http.query_params.get(RETRY)
+    if value is None:
+        return False
+    if value.lower() in ("true", "1"):
+        return True
+    if value.lower() in ("false", "0"):
+        return False
+    raise InvalidRequestError(f"{RETRY}: must be true or false")
 
 
 async def start_turn(http: Request, turn: Turn, start: Callable[[], Stream]) -> Stream:
