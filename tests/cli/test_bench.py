@@ -127,6 +127,7 @@ def test_openai_run_against_openais_exact_wire_format(capsys: pytest.CaptureFixt
 def test_failures_are_counted_by_kind(live: LiveServer, capsys: pytest.CaptureFixture[str]) -> None:
     code, report = bench(capsys, live.url, "--model", "echo-fail", "-c", "4", "-n", "8", "--prompt", PROMPT)
     assert code == 1 and report["ok"] == 0 and report["errors"] == {"in-band upstream_error": 8}
+    assert (report["tokens"], report["tokens_per_s"]) == (0, 0.0)  # failed streams' chunks are not throughput
     code, report = bench(capsys, live.url, "--model", "nope", "-c", "2", "-n", "4")
     assert code == 1 and report["errors"] == {"http 404 unknown_model": 4}
 
@@ -157,13 +158,20 @@ def test_remote_urls_need_allow_remote(capsys: pytest.CaptureFixture[str]) -> No
     assert main(["bench", "ftp://127.0.0.1"]) == 2
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1:abc", "http://[::1", "http://256.1.1.1"])
+def test_an_invalid_url_is_a_usage_error(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", url]) == 2
+    assert capsys.readouterr().err.startswith(f"sluiceway bench: invalid URL {url!r}")
+
+
 def test_the_table() -> None:
     config = BenchConfig(url="http://127.0.0.1:1")
-    report = summarise(config, [Sample(0.2, 0.01, 10), Sample(0.1, None, 0, "http 503")], 1, 2.0)
+    failed = [Sample(0.1, None, 0, "http 503"), Sample(0.3, 0.02, 7, "in-band upstream_error")]
+    report = summarise(config, [Sample(0.2, 0.01, 10), *failed], 1, 2.0)
     table = format_report(report)
-    assert "1 ok · 1 failed · 1 unfinished of 100 in 2.00 s" in table
+    assert "1 ok · 2 failed · 1 unfinished of 100 in 2.00 s" in table
     assert "0.5 requests/s · 5 tokens/s (10 tokens)" in table
-    assert "errors      http 503: 1" in table
+    assert "errors      http 503: 1, in-band upstream_error: 1" in table
     assert table.splitlines()[4].split() == ["TTFT", "ms", "10.0", "10.0", "10.0", "10.0"]
 
 

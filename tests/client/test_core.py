@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from sluiceway.client._core import Accumulator, StreamCore, chat_core, events_from_payload, parse_event_id
@@ -71,6 +73,40 @@ def test_in_band_error_raises_after_the_text_before_it() -> None:
     assert seen == [TextDelta("a")]
     assert info.value.code == "upstream_error" and core.done
     assert core.result().text == "a"
+    assert core.result().finish_reason == "error" and core.result().finish is None
+
+
+@pytest.mark.parametrize(
+    ("end", "reason"),
+    [
+        (lambda core: core.refusal(502, {}, b'{"error":{"code":"upstream_error","message":"x"}}'), "error"),
+        (lambda core: core.cancelled(), "cancelled"),
+    ],
+)
+def test_a_stream_ended_without_the_servers_finish_says_why(end: Any, reason: str) -> None:
+    core = StreamCore(chat_call("x"))
+    fed(core, [transcript(ANSWER[:2])])
+    assert core.result().finish_reason is None  # still running
+    end(core)
+    assert core.result().finish_reason == reason and core.done
+
+
+def test_giving_up_on_resume_ends_with_error() -> None:
+    core = StreamCore(chat_call("x"), max_resumes=0)
+    fed(core, [transcript(ANSWER[:2])])
+    with pytest.raises(ConnectionFailedError):
+        core.dropped(None)
+    assert core.result().finish_reason == "error"
+
+
+def test_cancel_after_the_finish_or_before_the_stream_changes_nothing() -> None:
+    finished = StreamCore(chat_call("x"))
+    fed(finished, [transcript(ANSWER)])
+    finished.cancelled()
+    assert finished.result().finish_reason == "stop"
+    unstarted = StreamCore(chat_call("x"))
+    unstarted.cancelled()
+    assert unstarted.result().finish_reason is None
 
 
 def test_rate_limited_in_band_carries_retry_after() -> None:

@@ -138,11 +138,12 @@ def test_settings_read_options_and_gguf_model() -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"n_ctx": 0}, "models.smol.options.n_ctx must be an integer >= 1"),
-        ({"n_batch": "64"}, "models.smol.options.n_batch"),
-        ({"temperature": -1}, "models.smol.options.temperature"),
-        ({"model_path": 3}, "models.smol.options.model_path must be a path"),
-        ({"ctx": 1}, "unknown option(s) ctx"),
+        ({"n_ctx": 0}, "models.smol.n_ctx: must be a whole number >= 1, got 0"),
+        ({"n_batch": "64"}, "models.smol.n_batch"),
+        ({"temperature": -1}, "models.smol.temperature"),
+        ({"temperature": True}, "models.smol.temperature: must be a number"),
+        ({"model_path": 3}, "models.smol.model_path: must be a path"),
+        ({"ctx": 1}, "models.smol.ctx: unknown option for provider 'local'"),
     ],
 )
 def test_settings_reject_bad_options(options: dict[str, Any], message: str) -> None:

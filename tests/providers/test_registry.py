@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from sluiceway.errors import InvalidRequestError
-from sluiceway.providers.base import ModelConfig, Provider
+from sluiceway.providers.base import ModelConfig, Option, Provider, ProviderConfigError, options_check
 from sluiceway.providers.echo import EchoProvider
 from sluiceway.providers.registry import ProviderRegistry
 
@@ -30,3 +30,67 @@ def test_third_party_registration() -> None:
 def test_unknown_kind_names_the_key() -> None:
     with pytest.raises(InvalidRequestError, match=r"models\.x\.provider"):
         ProviderRegistry().create(ModelConfig("x", "nope"))
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (ModelConfig("x", "nosuch"), "models.x.provider: unknown provider 'nosuch' (known: anthropic, echo"),
+        (
+            ModelConfig("x", "echo", options={"delay_ms": "slow"}),
+            "models.x.delay_ms: must be a number, got 'slow'",
+        ),
+        (ModelConfig("x", "echo", options={"delay_ms": True}), "models.x.delay_ms: must be a number"),
+        (ModelConfig("x", "echo", options={"delay_ms": -1}), "models.x.delay_ms: must be a number >= 0"),
+        (
+            ModelConfig("x", "echo", options={"delay_m": 500}),
+            "models.x.delay_m: unknown option for provider 'echo'",
+        ),
+        (
+            ModelConfig("x", "echo", options={"fail_after": 1.5}),
+            "models.x.fail_after: must be a whole number",
+        ),
+        (ModelConfig("x", "echo", options={"fail_code": 3}), "models.x.fail_code: must be a string"),
+        (ModelConfig("x", "openai", options={"timeout_s": 0}), "models.x.timeout_s: must be a number > 0"),
+        (
+            ModelConfig("x", "openai", options={"stream_usage": "no"}),
+            "models.x.stream_usage: must be true or",
+        ),
+        (ModelConfig("x", "anthropic", options={"base": "u"}), "models.x.base: unknown option for provider"),
+        (ModelConfig("x", "local", options={"n_ctx": "big"}), "models.x.n_ctx: must be a whole number >= 1"),
+    ],
+)
+def test_check_names_the_key_before_anything_loads(config: ModelConfig, message: str) -> None:
+    registry = ProviderRegistry.from_entry_points()
+    with pytest.raises(ProviderConfigError) as info:
+        registry.check(config)
+    assert str(info.value).startswith(message)
+    with pytest.raises(ProviderConfigError):  # create checks too: the model is unavailable, saying why
+        registry.create(config)
+
+
+def test_good_options_pass_the_check() -> None:
+    registry = ProviderRegistry.from_entry_points()
+    registry.check(ModelConfig("e", "echo", options={"delay_ms": 1.5, "fail_after": 0, "fail_code": "x"}))
+    registry.check(ModelConfig("o", "openai", options={"timeout_s": 5, "stream_usage": False}))
+    registry.check(ModelConfig("l", "local", options={"model_path": None, "n_ctx": 512}))
+
+
+def test_a_plug_in_kind_is_checked_only_with_its_own_check() -> None:
+    registry = ProviderRegistry()
+    registry.register("free", lambda config: EchoProvider())
+    registry.check(ModelConfig("f", "free", options={"anything": object()}))
+    registry.register("strict", lambda config: EchoProvider(), options_check({"level": Option("count")}))
+    with pytest.raises(ProviderConfigError, match=r"models\.s\.level: must be a whole number >= 0"):
+        registry.check(ModelConfig("s", "strict", options={"level": -1}))
+
+
+def test_a_factorys_value_error_names_the_model() -> None:
+    registry = ProviderRegistry()
+
+    def fussy(config: ModelConfig) -> Provider:
+        raise ValueError("could not convert string to float: 'slow'")
+
+    registry.register("fussy", fussy)
+    with pytest.raises(ProviderConfigError, match=r"^models\.f: could not convert"):
+        registry.create(ModelConfig("f", "fussy"))

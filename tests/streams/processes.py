@@ -32,11 +32,13 @@ provider = "echo"
 [models.slow]
 provider = "echo"
 delay_ms = 50
-[models.flood]
+"""
+FLOOD = """[models.flood]
 provider = "flood"
 count = {flood_count}
 size = {flood_size}
 """
+"""The test-only ``flood`` model: only a server with the test providers knows its provider."""
 
 
 @dataclass
@@ -74,7 +76,8 @@ def serve_process(
     """Run a server with ``args`` added to its command line until the block ends."""
     with tempfile.TemporaryDirectory(prefix="sluiceway-proc-") as tmp:
         config = Path(tmp, "sluiceway.toml")
-        config.write_text(CONFIG.format(flood_count=flood_count, flood_size=flood_size))
+        flood = FLOOD.format(flood_count=flood_count, flood_size=flood_size) if test_providers else ""
+        config.write_text(CONFIG + flood)
         port = free_port()
         module = "tests.streams.serve_with_test_providers" if test_providers else "sluiceway"
         argv = [sys.executable, "-m", module, "serve", "--port", str(port), "--config", str(config)]

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from sluiceway.cli.chat import add_api_key, positive_int
+from sluiceway.cli.urls import url_problem
 from sluiceway.client._types import client_headers
 
 if TYPE_CHECKING:  # imported where used: ``sluiceway serve`` loads this module but needs no HTTP client
@@ -148,7 +149,7 @@ class BenchConfig:
 
 @dataclass(slots=True)
 class Report:
-    """What a run measured; ``*_ms`` hold p50/p90/p99/max over the successful requests."""
+    """What a run measured; ``tokens`` and ``*_ms`` (p50/p90/p99/max) are over the successful requests."""
 
     url: str
     protocol: str
@@ -249,7 +250,7 @@ def http_clients(config: BenchConfig, connections: int) -> list[httpx.AsyncClien
 def summarise(config: BenchConfig, samples: list[Sample], unfinished: int, duration: float) -> Report:
     """Percentiles and rates over ``samples``."""
     good = [s for s in samples if s.error is None]
-    tokens = sum(s.tokens for s in samples)
+    tokens = sum(s.tokens for s in good)  # a failed stream's chunks are not throughput
     return Report(
         url=config.url,
         protocol=config.protocol,
@@ -371,15 +372,10 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Check the flags, run the load, print the report."""
-    import httpx
-
-    try:
-        loopback = is_loopback(args.url)
-    except httpx.InvalidURL as exc:
-        return _usage(f"invalid URL {args.url!r}: {exc}")
-    if not args.url.startswith(("http://", "https://")):
-        return _usage(f"URL must start with http:// or https://, got {args.url!r}")
-    if not loopback and not args.allow_remote:
+    problem = url_problem(args.url)
+    if problem is not None:
+        return _usage(problem)
+    if not is_loopback(args.url) and not args.allow_remote:
         return _usage(f"{args.url} is not a loopback address; pass --allow-remote to load it anyway")
     if args.max_seconds <= 0 or args.timeout <= 0:
         return _usage("--max-seconds and --timeout must be positive")

@@ -3,7 +3,8 @@
 How Ctrl-C works: while an answer streams, SIGINT raises ``KeyboardInterrupt`` in the loop that
 prints it; the session then asks the server to cancel the stream (``POST …/cancel``), closes the
 connection (so a server without that endpoint cancels on disconnect) and returns to the prompt.
-At the prompt, Ctrl-C or Ctrl-D ends the session.
+At the prompt, Ctrl-C or Ctrl-D ends the session. When stdout is closed under it (``| head -1``),
+the stream is cancelled the same way and the command ends quietly (see :mod:`sluiceway.cli.main`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from sluiceway.cli.urls import url_problem
 from sluiceway.client._types import DEFAULT_URL, ChatResult
 from sluiceway.errors import SluicewayError
 from sluiceway.events import Event, TextDelta
@@ -93,12 +95,15 @@ def positive_int(value: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """Ask once (PROMPT or piped stdin) or run the interactive session."""
     prompt = args.prompt
+    if prompt is not None and not prompt.strip():
+        return usage_error("nothing to ask: the prompt is empty")
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read().strip() or None
         if prompt is None:
             return usage_error("nothing to ask: the prompt on stdin is empty")
-    if not args.url.startswith(("http://", "https://")):
-        return usage_error(f"--url must start with http:// or https://, got {args.url!r}")
+    problem = url_problem(args.url)
+    if problem is not None:
+        return usage_error(f"--url: {problem}")
     if args.system is not None and args.conversation is not None:
         return usage_error("--system cannot be combined with --conversation (the server keeps its history)")
     from sluiceway.client import Client  # httpx: imported by the commands that talk HTTP, not by serve
@@ -185,6 +190,9 @@ class ChatSession:
         except KeyboardInterrupt:
             self.stop(stream.cancel)
             return None
+        except BrokenPipeError:  # our reader left (`| head`): stop the generation, then stop quietly
+            stream.cancel()
+            raise
         except SluicewayError:
             self.end_answer(stream.result)
             raise

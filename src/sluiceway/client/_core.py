@@ -4,7 +4,8 @@ How it works: the I/O layer asks :class:`StreamCore` which HTTP call to make, ha
 response's status and headers, then every piece of the body as it arrives; the core returns the
 sluiceway events those bytes complete (``TextDelta``, ``Usage``, ``Finish``) and raises the server's
 error for an in-band ``error`` event. It keeps everything needed to build the final
-:class:`ChatResult` as it goes.
+:class:`ChatResult` as it goes; a stream that ends without the server's ``Finish`` (an error, or the
+reader's ``cancel()``) still gets a ``finish_reason``: ``error`` or ``cancelled``.
 
 How resume works: the server names the stream in the ``X-Stream-Id`` header and gives every event
 the SSE id ``<stream_id>:<seq>``. When the connection drops (a transport error, or the body ends
@@ -83,6 +84,7 @@ class Accumulator:
         self.deltas = 0
         self.usage: Usage | None = None
         self.finish: Finish | None = None
+        self.ended: FinishReason | None = None  # how it ended when no Finish came: cancelled, error
 
     def add(self, event: Event, now: float) -> None:
         """Take one event into account."""
@@ -106,7 +108,7 @@ class Accumulator:
         return ChatResult(
             text="".join(self.parts),
             usage=self.usage,
-            finish_reason=None if self.finish is None else self.finish.reason,
+            finish_reason=self.ended if self.finish is None else self.finish.reason,
             ttft_ms=ttft,
             tokens_per_s=tps,
             stream_id=stream_id,
@@ -151,7 +153,7 @@ class StreamCore:
 
     def refusal(self, status: int, headers: Mapping[str, str], body: bytes) -> SluicewayError:
         """The error to raise for a response that is not the stream."""
-        self.done = True
+        self._end("error")
         if status == 200:
             kind = headers.get("content-type", "no content type")
             error: SluicewayError = StreamProtocolError(f"expected text/event-stream, got {kind}")
@@ -174,10 +176,10 @@ class StreamCore:
         """The connection broke before ``[DONE]``: the call that resumes, or raise."""
         why = "the stream ended early" if cause is None else str(cause) or type(cause).__name__
         if self.stream_id is None:
-            self.done = True
+            self._end("error")
             raise ConnectionFailedError(f"could not stream from the server: {why}") from cause
         if self._attempts >= self.max_resumes:
-            self.done = True
+            self._end("error")
             raise ConnectionFailedError(
                 f"the connection dropped ({why}) and {self._attempts} resume attempts failed"
             ) from cause
@@ -186,9 +188,20 @@ class StreamCore:
         self.call = resume_call(self.stream_id, self.last_seq)
         return self.call
 
+    def cancelled(self) -> None:
+        """The reader stopped the stream (``cancel()``): unless it had finished, it ended ``cancelled``."""
+        if self.stream_id is not None:
+            self._end("cancelled")
+
     def result(self) -> ChatResult:
         """The answer so far (complete once :attr:`done`)."""
         return self.accumulator.result(self.stream_id, self.resumes)
+
+    def _end(self, reason: FinishReason) -> None:
+        """The stream ended without the server's ``Finish``; the result's ``finish_reason`` says why."""
+        self.done = True
+        if self.accumulator.finish is None and self.accumulator.ended is None:
+            self.accumulator.ended = reason
 
     def _events(self, batch: list[ServerSentEvent]) -> Iterator[Event]:
         now: float | None = None
@@ -213,14 +226,14 @@ class StreamCore:
         try:
             payload = json.loads(data)
         except ValueError:
-            self.done = True
+            self._end("error")
             raise StreamProtocolError(f"an event is not JSON: {data[:80]!r}") from None
         if not isinstance(payload, dict):
             return []
         try:
             return events_from_payload(payload)
         except SluicewayError:
-            self.done = True
+            self._end("error")
             raise
 
 

@@ -55,10 +55,12 @@ class ChatStream(StreamView):
 
     def cancel(self) -> bool:
         """Ask the server to stop generating, then close the connection. ``True`` if the server
-        confirmed; ``False`` if it could not be asked (no stream yet, no cancel endpoint, no network)."""
+        confirmed; ``False`` if it could not be asked (no stream yet, no cancel endpoint, no network).
+        Unless the answer had already finished, ``result.finish_reason`` is then ``cancelled``."""
         try:
             return self._core.stream_id is not None and _cancel(self._http, self._core.stream_id)
         finally:
+            self._core.cancelled()
             self.close()
 
     def close(self) -> None:

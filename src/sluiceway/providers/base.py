@@ -6,14 +6,20 @@ sees ``CancelledError``/``GeneratorExit`` at its current ``await``/``yield`` and
 upstream there (``async with`` around the SDK stream; for ``local`` a flag the worker thread checks
 before each token). Providers raise :class:`~sluiceway.errors.SluicewayError` subclasses for failures;
 the relay turns them into ``ErrorEvent`` + ``Finish("error")``.
+
+Options are checked before anything loads: a kind may come with an :data:`OptionCheck` (for a simple
+table of typed options, :func:`options_check` builds one from :class:`Option` values), so that a typo
+or a wrong type stops the server at start with the key named, not a model that silently ignores it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 
+from sluiceway.errors import InvalidRequestError
 from sluiceway.events import Event
 from sluiceway.requests import ChatRequest
 
@@ -50,3 +56,55 @@ class Provider(Protocol):
 
 
 ProviderFactory = Callable[[ModelConfig], Provider]
+
+
+class ProviderConfigError(InvalidRequestError):
+    """A model's configuration does not suit its provider; the message names the key."""
+
+
+OptionCheck: TypeAlias = Callable[[ModelConfig], None]
+"""Validates a model's options without loading anything; raises :class:`ProviderConfigError`."""
+
+OptionKind: TypeAlias = Literal["number", "positive", "count", "string", "boolean"]
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One provider option's type: a ``number`` (>= 0), a ``positive`` number, a ``count`` (a whole
+    number >= 0), a ``string`` or a ``boolean``. Booleans are never numbers."""
+
+    kind: OptionKind
+
+    def problem(self, value: object) -> str | None:
+        """What is wrong with ``value`` for this option, or ``None``."""
+        if self.kind == "string":
+            return None if isinstance(value, str) else "must be a string"
+        if self.kind == "boolean":
+            return None if isinstance(value, bool) else "must be true or false"
+        if self.kind == "count":
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            return None if ok else "must be a whole number >= 0"
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return "must be a number"
+        if self.kind == "positive":
+            return None if value > 0 else "must be a number > 0"
+        return None if value >= 0 else "must be a number >= 0"
+
+
+def options_check(spec: Mapping[str, Option]) -> OptionCheck:
+    """An :data:`OptionCheck` that allows exactly the options of ``spec``, each of its type."""
+
+    def check(config: ModelConfig) -> None:
+        where = f"models.{config.name}"
+        unknown = sorted(set(config.options) - set(spec))
+        if unknown:
+            known = ", ".join(sorted(spec)) or "none"
+            raise ProviderConfigError(
+                f"{where}.{unknown[0]}: unknown option for provider {config.provider!r} (known: {known})"
+            )
+        for key, value in config.options.items():
+            problem = spec[key].problem(value)
+            if problem is not None:
+                raise ProviderConfigError(f"{where}.{key}: {problem}, got {value!r}")
+
+    return check

