@@ -20,6 +20,8 @@ def test_make_request_defaults() -> None:
         ({"max_tokens": 0}, "max_tokens"),
         ({"max_tokens": "5"}, "max_tokens"),
         ({"max_tokens": True}, "max_tokens"),
+        ({"max_tokens": 2**31}, "max_tokens must be at most 2147483647"),
+        ({"max_tokens": 2**64}, "max_tokens must be at most"),
         ({"temperature": 3}, "temperature"),
         ({"temperature": "hot"}, "temperature"),
         ({"stop": 5}, "stop"),

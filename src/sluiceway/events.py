@@ -14,6 +14,7 @@ later; the last one wins.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
@@ -41,11 +42,15 @@ class Finish:
     """The end of a stream and why it ended.
 
     ``ttft_ms`` and ``tokens_per_s`` are measured by the relay (providers leave them ``None``).
+    ``stop_sequence`` is the stop sequence that ended the answer (reason ``stop``), when the provider
+    says which one matched; only the Anthropic wire tells it (``stop_reason: "stop_sequence"``), the
+    other protocols read such a finish as a plain ``stop``.
     """
 
     reason: FinishReason
     ttft_ms: float | None = None
     tokens_per_s: float | None = None
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,3 +64,13 @@ class ErrorEvent:
 
 
 Event: TypeAlias = TextDelta | Usage | Finish | ErrorEvent
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def repaired_text(text: str) -> str:
+    """``text`` with each lone surrogate replaced by U+FFFD: what no encoder can write as UTF-8, and
+    what a JSON parser (the standard library's, which the Anthropic SDK uses) hands on from an
+    escape such as ``"\\ud83d"``, half an emoji."""
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)

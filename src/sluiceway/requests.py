@@ -91,6 +91,11 @@ def positive_int(value: object, name: str) -> int | None:
     raise InvalidRequestError(f"{name}: must be a positive integer")
 
 
+MAX_TOKENS_LIMIT = 2**31 - 1
+"""The largest ``max_tokens`` accepted: upstream servers read it as a 32-bit integer (llama.cpp's
+``n_predict``), and a number past 64 bits cannot even be sent on to them."""
+
+
 def make_request(
     messages: list[Message] | tuple[Message, ...],
     model: str,
@@ -102,10 +107,11 @@ def make_request(
     """Build a :class:`ChatRequest`, checking the limits every protocol shares."""
     if not messages:
         raise InvalidRequestError("messages must not be empty")
-    if max_tokens is not None and (
-        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
-    ):
-        raise InvalidRequestError("max_tokens must be a positive integer")
+    if max_tokens is not None:
+        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+            raise InvalidRequestError("max_tokens must be a positive integer")
+        if max_tokens > MAX_TOKENS_LIMIT:
+            raise InvalidRequestError(f"max_tokens must be at most {MAX_TOKENS_LIMIT}")
     if temperature is not None and (
         isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 <= temperature <= 2
     ):

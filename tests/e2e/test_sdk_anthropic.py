@@ -116,6 +116,54 @@ def test_unknown_model_raises_not_found(client: anthropic.Anthropic) -> None:
     }
 
 
+def test_a_stop_sequence_is_reported_as_such(client: anthropic.Anthropic) -> None:
+    message = client.messages.create(
+        model="echo", max_tokens=100, messages=user("one two END three"), stop_sequences=["END"]
+    )
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", "END")
+    with client.messages.stream(
+        model="echo", max_tokens=100, messages=user("one two END three"), stop_sequences=["END"]
+    ) as stream:
+        final = stream.get_final_message()
+    assert final.content[0].type == "text" and final.content[0].text == "one two "
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "END")
+
+
+def test_tools_raise_bad_request(client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.BadRequestError) as caught:
+        client.messages.create(
+            model="echo",
+            max_tokens=5,
+            messages=user("x"),
+            tools=[{"name": "f", "input_schema": {"type": "object"}}],
+            tool_choice={"type": "any"},
+        )
+    assert caught.value.body == {
+        "type": "error",
+        "error": {
+            "type": "invalid_request_error",
+            "message": "tools: sluiceway does not call tools; tools must be empty",
+        },
+    }
+
+
+def test_models_list_and_retrieve(client: anthropic.Anthropic) -> None:
+    models = list(client.models.list())
+    assert models[0].id == "echo" and {"echo-slow", "echo-fail"} <= {m.id for m in models}
+    model = client.models.retrieve("echo")
+    assert (model.id, model.type, model.display_name) == ("echo", "model", "echo")
+    assert model.created_at == models[0].created_at and model.created_at.tzinfo is not None
+    with pytest.raises(anthropic.NotFoundError) as caught:
+        client.models.retrieve("nope")
+    assert caught.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+
+
+def test_an_unknown_endpoint_raises_not_found(client: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.NotFoundError) as caught:
+        client.messages.count_tokens(model="echo", messages=user("x"))
+    assert caught.value.body["error"]["type"] == "not_found_error"  # type: ignore[index]
+
+
 def test_non_stream_failure_raises_status_error(client: anthropic.Anthropic) -> None:
     with pytest.raises(anthropic.APIStatusError) as caught:
         client.messages.create(model="echo-fail", max_tokens=5, messages=user("a b c d e"))
@@ -140,4 +188,6 @@ def test_keep_alive_pings_between_tokens_are_invisible() -> None:
         client.messages.stream(model="echo-slow", max_tokens=10, messages=user("a b c d")) as stream,
     ):
         assert "".join(stream.text_stream) == "a b c d"
-        assert stream.get_final_message().stop_reason == "end_turn"
+        final = stream.get_final_message()
+        assert final.stop_reason == "end_turn"
+        assert (final.usage.input_tokens, final.usage.output_tokens) == (4, 4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterator
+from typing import Any
 
 import openai
 import pytest
@@ -133,6 +134,40 @@ def test_bad_request_raises_bad_request(client: openai.OpenAI) -> None:
 
 def test_models_list(client: openai.OpenAI) -> None:
     assert {"echo", "echo-slow", "echo-fail"} <= {m.id for m in client.models.list()}
+
+
+def test_models_retrieve(client: openai.OpenAI) -> None:
+    model = client.models.retrieve("echo")
+    assert (model.id, model.object, model.owned_by) == ("echo", "model", "echo")
+    assert model.created == next(m.created for m in client.models.list() if m.id == "echo")
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.models.retrieve("nope")
+    assert caught.value.code == "model_not_found"
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"n": 2}, "n"),
+        ({"logprobs": True, "top_logprobs": 2}, "logprobs"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        (
+            {
+                "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+                "tool_choice": "required",
+            },
+            "tools",
+        ),
+    ],
+)
+def test_unserved_features_raise_bad_request(
+    client: openai.OpenAI, extra: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="echo", messages=user("x"), **extra)
+    body = caught.value.body
+    assert isinstance(body, dict) and body["message"].startswith(f"{param}: sluiceway ")
+    assert caught.value.type == "invalid_request_error"
 
 
 @pytest.mark.local

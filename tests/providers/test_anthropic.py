@@ -117,11 +117,16 @@ async def test_max_tokens_stop_finishes_with_length(
     assert events[1:] == [TextDelta("one "), TextDelta("two "), Usage(6, 2), Finish("length")]
 
 
-async def test_stop_sequence_finishes_with_stop(
+async def test_stop_sequence_finishes_with_stop_and_the_matched_sequence(
     provider: Provider, anthropic_upstream: AnthropicUpstream
 ) -> None:
-    events = await collect(provider, ask("one two END three", stop=["END"]))
-    assert events[1:] == [TextDelta("one "), TextDelta("two "), Usage(6, 2), Finish("stop")]
+    events = await collect(provider, ask("one two END three", stop=["x", "END"]))
+    assert events[1:] == [
+        TextDelta("one "),
+        TextDelta("two "),
+        Usage(6, 2),
+        Finish("stop", stop_sequence="END"),
+    ]
 
 
 @pytest.mark.parametrize("upstream_reason", ["refusal", "pause_turn"])

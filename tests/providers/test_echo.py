@@ -7,7 +7,7 @@ import pytest
 from sluiceway.errors import UpstreamError
 from sluiceway.events import Event, Finish, TextDelta, Usage
 from sluiceway.providers.base import ModelConfig
-from sluiceway.providers.echo import EchoProvider, create, split_words
+from sluiceway.providers.echo import EchoProvider, create, cut_at_stop, split_words
 from sluiceway.requests import Message, make_request
 
 
@@ -38,6 +38,37 @@ async def test_echo_streams_exact_text_and_usage() -> None:
 async def test_max_tokens_gives_length() -> None:
     events = await collect(EchoProvider(), "a b c d", max_tokens=2)
     assert [e for e in events if isinstance(e, TextDelta)] == [TextDelta("a "), TextDelta("b ")]
+    assert events[-1] == Finish("length")
+
+
+@pytest.mark.parametrize(
+    ("text", "stops", "expected"),
+    [
+        ("a b c", [], ("a b c", None)),
+        ("a b c", ["zzz"], ("a b c", None)),
+        ("a b END c", ["END"], ("a b ", "END")),
+        ("a b c d", ["b c"], ("a ", "b c")),  # across words
+        ("hello world", ["wor"], ("hello ", "wor")),
+        ("hello world", ["llo"], ("he", "llo")),  # inside a word
+        ("a b c d", ["d", "b"], ("a ", "b")),  # the first place, whichever is listed first
+        ("a b c d", ["b c", "b"], ("a ", "b")),  # at one place, the shorter (met first)
+        ("STOP now", ["STOP"], ("", "STOP")),
+        ("a b", ["", "b"], ("a ", "b")),  # an empty stop sequence is ignored
+    ],
+)
+def test_cut_at_stop(text: str, stops: list[str], expected: tuple[str, str | None]) -> None:
+    assert cut_at_stop(text, tuple(stops)) == expected
+
+
+async def test_a_stop_sequence_ends_the_echo_with_stop_and_the_sequence() -> None:
+    events = await collect(EchoProvider(), "one two. three four", stop=[". ", "four"])
+    assert [e for e in events if isinstance(e, TextDelta)] == [TextDelta("one "), TextDelta("two")]
+    assert events[-2:] == [Usage(4, 2), Finish("stop", stop_sequence=". ")]
+
+
+async def test_max_tokens_before_the_stop_sequence_gives_length() -> None:
+    events = await collect(EchoProvider(), "a b c d", stop="c", max_tokens=1)
+    assert [e for e in events if isinstance(e, TextDelta)] == [TextDelta("a ")]
     assert events[-1] == Finish("length")
 
 

@@ -61,6 +61,29 @@ def test_stream_event_sequence(srv: LiveServer) -> None:
     assert data[-2]["usage"] == {"input_tokens": 5, "output_tokens": 3}
 
 
+def test_a_slow_first_word_still_starts_with_message_start() -> None:
+    """A keep-alive due before the first word sends the head, never a ``ping`` before it."""
+    with protocol_server(heartbeat_s=0.01) as live:
+        body = ask("a b c", system="Be brief.", stream=True) | {"model": "echo-slow"}
+        seen = events(httpx.post(live.url + URL, json=body, headers=HEADERS).content)
+    names = [e.event for e in seen]
+    assert names[:3] == ["message_start", "content_block_start", "ping"]
+    assert names.count("message_start") == 1 and names.count("content_block_start") == 1
+    assert names[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    final = json.loads(seen[-2].data)
+    assert final["usage"] == {"input_tokens": 5, "output_tokens": 3}
+
+
+def test_a_stop_sequence_is_reported_as_such(srv: LiveServer) -> None:
+    body = ask("one two END three", stop_sequences=["zzz", "END"])
+    message = httpx.post(srv.url + URL, json=body, headers=HEADERS).json()
+    assert message["content"] == [{"type": "text", "text": "one two "}]
+    assert (message["stop_reason"], message["stop_sequence"]) == ("stop_sequence", "END")
+    raw = httpx.post(srv.url + URL, json=body | {"stream": True}, headers=HEADERS).content
+    delta = json.loads(next(e.data for e in events(raw) if e.event == "message_delta"))
+    assert delta["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "END"}
+
+
 def test_stream_max_tokens_stop_reason(srv: LiveServer) -> None:
     raw = httpx.post(srv.url + URL, json=ask("a b c d", max_tokens=2, stream=True), headers=HEADERS).content
     delta = json.loads(next(e.data for e in events(raw) if e.event == "message_delta"))
@@ -85,6 +108,7 @@ def test_non_stream_message(srv: LiveServer) -> None:
         ({"model": "echo", "messages": [{"role": "user", "content": "x"}]}, 400, "invalid_request_error"),
         (ask("x", temperature=5), 400, "invalid_request_error"),
         (ask("x", stream=True) | {"model": "nope"}, 404, "not_found_error"),
+        (ask("x", tools=[{"name": "f", "input_schema": {"type": "object"}}]), 400, "invalid_request_error"),
     ],
 )
 def test_errors_before_first_byte_are_anthropic_shaped(
@@ -95,6 +119,24 @@ def test_errors_before_first_byte_are_anthropic_shaped(
     payload = r.json()
     assert payload["type"] == "error"
     assert payload["error"]["type"] == type_ and payload["error"]["message"]
+
+
+def test_tools_are_refused_naming_the_field_and_an_empty_list_is_not(srv: LiveServer) -> None:
+    tools = [{"name": "f", "input_schema": {"type": "object"}}]
+    r = httpx.post(srv.url + URL, json=ask("x", tools=tools, tool_choice={"type": "any"}), headers=HEADERS)
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == "tools: sluiceway does not call tools; tools must be empty"
+    r = httpx.post(srv.url + URL, json=ask("x", tools=[], tool_choice={"type": "auto"}), headers=HEADERS)
+    assert r.status_code == 200 and r.json()["content"][0]["text"] == "x"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("POST", "/v1/messages/count_tokens"), ("GET", "/v1/messages/x")]
+)
+def test_an_unknown_path_is_anthropics_not_found_error(srv: LiveServer, method: str, path: str) -> None:
+    r = httpx.request(method, srv.url + path, json=ask("x"), headers=HEADERS)
+    assert r.status_code == 404
+    assert r.json()["type"] == "error" and r.json()["error"]["type"] == "not_found_error"
 
 
 def test_invalid_json_is_an_anthropic_400(srv: LiveServer) -> None:

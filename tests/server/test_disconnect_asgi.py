@@ -6,11 +6,66 @@ import asyncio
 import json
 from typing import Any
 
+from fastapi import FastAPI
+
 from sluiceway.events import Finish
 from sluiceway.providers.base import ModelConfig
 from sluiceway.server.app import create_app
 from sluiceway.server.state import AppState
+from sluiceway.streams.hub import Stream
 from tests.live import make_settings
+
+
+class Client:
+    """One ``POST /chat/stream`` through the raw app: the client leaves when :attr:`gone` is set."""
+
+    def __init__(self, app: FastAPI, body: dict[str, Any]) -> None:
+        self.app = app
+        self.body = json.dumps(body).encode()
+        self.gone = asyncio.Event()
+        self.sent: list[dict[str, Any]] = []
+        self.first_chunk = asyncio.Event()
+        self.listened_to = asyncio.Event()  # the app waits for the client to leave
+        self.request_sent = False
+
+    async def receive(self) -> dict[str, Any]:
+        if not self.request_sent:
+            self.request_sent = True
+            return {"type": "http.request", "body": self.body, "more_body": False}
+        self.listened_to.set()
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+        if message["type"] == "http.response.body" and message.get("body"):
+            self.first_chunk.set()
+
+    def start(self) -> asyncio.Task[None]:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/chat/stream",
+            "raw_path": b"/chat/stream",
+            "query_string": b"",
+            "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+            "root_path": "",
+            "app": self.app,
+        }
+        return asyncio.create_task(self.app(scope, self.receive, self.send))
+
+
+async def _ended(stream: Stream) -> Finish:
+    assert stream.task is not None
+    await asyncio.wait_for(asyncio.shield(stream.task), 5)
+    final = stream.log.events[-1]
+    assert isinstance(final, Finish)
+    return final
 
 
 async def test_http_disconnect_cancels_upstream() -> None:
@@ -18,52 +73,38 @@ async def test_http_disconnect_cancels_upstream() -> None:
         models={"slow": ModelConfig("slow", "echo", options={"delay_ms": 20})}, disconnect_grace_s=0
     )
     app = create_app(settings)
-    body = json.dumps({"message": " ".join(["w"] * 500), "model": "slow"}).encode()
-    gone = asyncio.Event()
-    sent: list[dict[str, Any]] = []
-    first_chunk = asyncio.Event()
-    request_sent = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal request_sent
-        if not request_sent:
-            request_sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        await gone.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-        if message["type"] == "http.response.body" and message.get("body"):
-            first_chunk.set()
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/chat/stream",
-        "raw_path": b"/chat/stream",
-        "query_string": b"",
-        "headers": [(b"content-type", b"application/json"), (b"host", b"test")],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 80),
-        "root_path": "",
-        "app": app,
-    }
+    client = Client(app, {"message": " ".join(["w"] * 500), "model": "slow"})
     async with app.router.lifespan_context(app):
         state: AppState = app.state.sluiceway
-        call = asyncio.create_task(app(scope, receive, send))
-        await asyncio.wait_for(first_chunk.wait(), 5)
-        stream_id = dict(sent[0]["headers"])[b"x-stream-id"].decode()
+        call = client.start()
+        await asyncio.wait_for(client.first_chunk.wait(), 5)
+        stream_id = dict(client.sent[0]["headers"])[b"x-stream-id"].decode()
         stream = state.hub.get(stream_id)
         assert stream is not None and not stream.finished
-        gone.set()
+        client.gone.set()
         await asyncio.wait_for(call, 5)
-        assert stream.task is not None
-        await asyncio.wait_for(asyncio.shield(stream.task), 5)
-        final = stream.log.events[-1]
-        assert isinstance(final, Finish) and final.reason == "cancelled"
+        assert (await _ended(stream)).reason == "cancelled"
         assert stream.meter.deltas < 100
+        assert state.hub.active == 0
+
+
+async def test_a_client_gone_before_the_first_token_cancels_it_without_waiting_for_a_heartbeat() -> None:
+    settings = make_settings(
+        models={"slow": ModelConfig("slow", "echo", options={"delay_ms": 3000})},
+        disconnect_grace_s=0,
+        heartbeat_s=30,
+    )
+    app = create_app(settings)
+    client = Client(app, {"message": "one two", "model": "slow"})
+    async with app.router.lifespan_context(app):
+        state: AppState = app.state.sluiceway
+        call = client.start()
+        await asyncio.wait_for(client.listened_to.wait(), 5)
+        assert state.hub.active == 1
+        stream = next(iter(state.hub._streams.values()))
+        assert isinstance(stream, Stream)
+        client.gone.set()
+        await asyncio.wait_for(call, 1)  # well before the first word (3 s) and the first ping (30 s)
+        assert (await _ended(stream)).reason == "cancelled"
+        assert stream.meter.deltas == 0 and client.sent == []  # nothing was sent: nobody to send it to
         assert state.hub.active == 0

@@ -15,7 +15,14 @@ from sluiceway.events import Usage
 from sluiceway.providers.base import ModelConfig
 from sluiceway.requests import ChatRequest, Message
 from sluiceway.server.auth import ApiKey, hash_key
-from sluiceway.server.limits import DAY_S, KeyLimits, cap_max_tokens, check_input
+from sluiceway.server.limits import (
+    DAY_S,
+    InputNames,
+    KeyLimits,
+    admit,
+    cap_max_tokens,
+    check_input,
+)
 from tests.live import LiveServer, live_server, make_settings
 
 DAY_START = 20_000 * DAY_S  # midnight UTC of some day
@@ -95,6 +102,42 @@ def test_models_outside_the_keys_list_are_forbidden() -> None:
     with pytest.raises(PermissionDeniedError, match="may not use model 'local'"):
         limits.admit(key(models=frozenset({"echo"})), request(model="local"))
     assert limits.admit(None, request(model="local"))[0].model == "local"
+
+
+SYSTEM_APART = InputNames(message="messages.{i}.content", system="system")
+
+
+@pytest.mark.parametrize(
+    ("messages", "names", "refused"),
+    [
+        ([("system", "s"), ("user", "a"), ("user", "b")], SYSTEM_APART, None),  # system is no message
+        ([("system", "s"), ("user", "a"), ("user", "b")], InputNames(), "messages: 3 messages; the limit"),
+        ([("user", "a")] * 3, SYSTEM_APART, "messages: 3 messages; the limit is 2"),
+        ([("system", "s"), ("user", "a")] * 2, SYSTEM_APART, "messages: 3 messages; the limit is 2"),
+        ([("system", "s" * 6), ("user", "a")], SYSTEM_APART, "system: 6 characters; the limit is 5"),
+        ([("system", "s"), ("user", "abcdef")], SYSTEM_APART, "messages.0.content: 6 characters; the limit"),
+        ([("user", "a"), ("user", "abcdef")], SYSTEM_APART, "messages.1.content: 6 characters; the limit"),
+        ([("system", "s" * 6), ("user", "a")], InputNames(), r"messages\[0\].content: 6 characters"),
+    ],
+)
+def test_input_limits_name_the_fields_as_the_protocol_does(
+    messages: list[tuple[str, str]], names: InputNames, refused: str | None
+) -> None:
+    conversation = ChatRequest(tuple(Message(role, text) for role, text in messages), "echo")  # type: ignore[arg-type]
+    if refused is None:
+        check_input(conversation, 2, 5, names)
+        return
+    with pytest.raises(InvalidRequestError, match=refused):
+        check_input(conversation, 2, 5, names)
+
+
+def test_admit_names_the_fields_as_it_is_told() -> None:
+    settings = make_settings(max_messages=1)
+    limits, config = KeyLimits(Clock()), ModelConfig("echo", "echo")
+    two = ChatRequest((Message("system", "s"), Message("user", "a")), "echo")
+    admit(settings, limits, None, config, two, SYSTEM_APART)
+    with pytest.raises(InvalidRequestError, match="messages: 2 messages; the limit is 1"):
+        admit(settings, limits, None, config, two)
 
 
 def test_input_limits_name_what_is_wrong() -> None:
@@ -225,6 +268,34 @@ def test_input_limits_are_400_in_the_protocols_shape(
     assert (r.status_code, r.json()["error"]["code"]) == (400, "invalid_request")
 
 
+ANTHROPIC_USER = {"role": "user", "content": "x"}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"system": "s", "messages": [ANTHROPIC_USER] * 3}, None),
+        ({"system": "s", "messages": [ANTHROPIC_USER] * 4}, "messages: 4 messages; the limit is 3"),
+        ({"messages": [{"role": "user", "content": "x" * 2001}]}, "messages.0.content: 2001 characters"),
+        (
+            {"system": "s", "messages": [ANTHROPIC_USER, {"role": "user", "content": "x" * 2001}]},
+            "messages.1.content: 2001 characters",
+        ),
+        ({"system": "s" * 2001, "messages": [ANTHROPIC_USER]}, "system: 2001 characters; the limit is 2000"),
+    ],
+)
+def test_anthropic_input_limits_use_anthropics_names_and_do_not_count_system(
+    srv: LiveServer, body: dict[str, object], message: str | None
+) -> None:
+    r = httpx.post(srv.url + "/v1/messages", json={"max_tokens": 5, **body}, headers=auth(FREE_KEY))
+    if message is None:
+        assert r.status_code == 200, r.text
+        return
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_request_error"
+    assert message in r.json()["error"]["message"]
+
+
 def test_max_tokens_is_capped_per_model_on_every_protocol(srv: LiveServer) -> None:
     text = "one two three four five"
     r = httpx.post(
@@ -252,7 +323,7 @@ def dumped(**body: object) -> bytes:
 
 
 BAD_INPUT = [
-    ("/chat/stream", b'{"message": "\xff\xfe"}', "must be UTF-8 JSON: invalid start byte at byte 13"),
+    ("/chat/stream", b'{"message": "\xff\xfe"}', "must be JSON (str is not valid UTF-8"),
     ("/chat/stream", b'{"messages": "hi"}', "messages"),
     ("/chat/stream", b'{"messages": [{"role": "wizard", "content": "hi"}]}', "role"),
     ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "\xff"}]}', "JSON"),
@@ -275,6 +346,17 @@ BAD_INPUT = [
     ),
     ("/api/chat", b'{"messages": [{"role": "user", "parts": [{"type": "text", "text": 5}]}]}', "text"),
     ("/api/chat", b"[1, 2]", "JSON object"),
+    # what json.loads lets through and no encoder can write back, or cannot parse without recursing
+    *[(path, b'{"message": "a \\ud800 b"}', "must be JSON (") for path in ("/chat/stream", "/conversations")],
+    *[
+        (path, b'{"max_tokens": 5, "messages": [{"role": "user", "content": "a \\ud800"}]}', "JSON")
+        for path in ("/v1/chat/completions", "/v1/messages", "/api/chat")
+    ],
+    *[
+        (path, b"[" * 3000 + b"]" * 3000, "JSON")
+        for path in ("/chat/stream", "/v1/chat/completions", "/v1/messages")
+    ],
+    ("/v1/chat/completions", dumped(messages=[USER], max_tokens=2**64), "max_tokens"),
 ]
 
 

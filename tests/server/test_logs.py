@@ -98,3 +98,18 @@ def test_upstream_secrets_come_from_the_models_key_variables() -> None:
     settings = make_settings(models={"up": ModelConfig("up", "openai", api_key_env="UP_KEY")})
     env = {"UP_KEY": SECRET, "OTHER": "not-a-secret-of-ours", "SLUICEWAY_API_KEYS": "client-key-0123456789,x"}
     assert upstream_secrets(settings, env) == [SECRET, "client-key-0123456789"]
+
+
+def test_a_placeholder_after_a_credential_word_is_kept(captured: tuple[logging.Logger, io.StringIO]) -> None:
+    logger, out = captured  # "token: %s" once lost its %s: the line failed and logging printed the cause raw
+    logger.warning("%s failed before its first token: %s", "boom", "upstream_error", extra={"request": ""})
+    assert out.getvalue() == "boom failed before its first token: upstream_error \n"
+
+
+def test_a_message_that_does_not_fit_its_arguments_is_written_redacted(
+    captured: tuple[logging.Logger, io.StringIO], capsys: pytest.CaptureFixture[str]
+) -> None:
+    logger, out = captured
+    logger.warning("only %s", "one", SECRET, extra={"request": ""})
+    assert out.getvalue() == "only %s ('one', '[redacted]') \n"
+    assert "Logging error" not in capsys.readouterr().err

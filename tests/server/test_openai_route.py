@@ -97,6 +97,9 @@ def test_max_tokens_limits_the_stream(srv: LiveServer) -> None:
         ({"model": "echo"}, 400, "invalid_request_error", "invalid_request"),
         (ask("x", temperature=3), 400, "invalid_request_error", "invalid_request"),
         (ask("x", stream=True) | {"model": "nope"}, 404, "invalid_request_error", "model_not_found"),
+        (ask("x", n=2), 400, "invalid_request_error", "invalid_request"),
+        (ask("x", stream=True, logprobs=True), 400, "invalid_request_error", "invalid_request"),
+        ({"model": "echo", "messages": [{"role": "user"}]}, 400, "invalid_request_error", "invalid_request"),
     ],
 )
 def test_errors_before_first_byte_are_openai_shaped(
@@ -107,6 +110,44 @@ def test_errors_before_first_byte_are_openai_shaped(
     error = r.json()["error"]
     assert (error["type"], error["code"], error["param"]) == (type_, code, None)
     assert error["message"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"n": 2}, "n: sluiceway answers with one choice; n must be 1"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required"},
+            "tools: sluiceway does not call tools; tools must be empty",
+        ),
+        ({"logprobs": True}, "logprobs: sluiceway does not return log probabilities; logprobs must be false"),
+        ({"response_format": {"type": "json_object"}}, "response_format: sluiceway answers with free text"),
+        ({"n": "abc", "tools": "x", "logprobs": "y"}, "n: must be an integer"),
+    ],
+)
+def test_unserved_features_are_a_400_naming_the_field(
+    srv: LiveServer, extra: dict[str, Any], message: str
+) -> None:
+    r = httpx.post(srv.url + URL, json=ask("x", **extra))
+    assert r.status_code == 400
+    assert r.json()["error"]["message"].startswith(message)
+
+
+def test_what_clients_send_by_default_is_served(srv: LiveServer) -> None:
+    defaults = {
+        "n": 1,
+        "tools": [],
+        "tool_choice": "auto",
+        "parallel_tool_calls": True,
+        "logprobs": False,
+        "top_logprobs": None,
+        "response_format": {"type": "text"},
+        "functions": [],
+        "modalities": ["text"],
+        "audio": None,
+    }
+    r = httpx.post(srv.url + URL, json=ask("x y", **defaults))
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "x y"
 
 
 def test_invalid_json_is_an_openai_400(srv: LiveServer) -> None:

@@ -126,3 +126,23 @@ async def test_an_exception_before_the_first_event_is_a_json_error_in_the_routes
     assert (r.status_code, r.headers["x-stream-id"]) == (500, "s-unreadable")
     assert r.json()["error"]["message"] == "internal server error"  # OpenAI's shape, no detail
     assert "the log is gone" not in r.text and "the log is gone" in caplog.text
+
+
+def test_a_lone_surrogate_from_a_provider_is_sent_repaired_and_the_stream_still_ends(script: Script) -> None:
+    script.plays["odd"] = [[("text", "a "), ("text", "b \ud83d c"), ("text", " d")]]  # half an emoji
+    settings = make_settings(models={"odd": ModelConfig("odd", "scripted")})
+    with live_server(app=create_app(settings, registry_with(script=script))) as srv:
+        r = httpx.post(f"{srv.url}/chat/stream", json={"message": "x", "model": "odd"}, timeout=10)
+        chat = httpx.post(
+            f"{srv.url}/v1/chat/completions",
+            json={"model": "odd", "stream": True, "messages": [{"role": "user", "content": "x"}]},
+            timeout=10,
+        )
+        whole = httpx.post(
+            f"{srv.url}/v1/messages",
+            json={"model": "odd", "max_tokens": 9, "messages": [{"role": "user", "content": "x"}]},
+            timeout=10,
+        )
+    assert whole.json()["content"][0]["text"] == "a b \ufffd c d"
+    assert r.status_code == 200 and '"text":"b \ufffd c"' in r.text and r.text.endswith("data: [DONE]\n\n")
+    assert '"content":"b \ufffd c"' in chat.text and chat.text.endswith("data: [DONE]\n\n")

@@ -116,6 +116,14 @@ def test_text_summary() -> None:
     assert summary(fields) == "GET /healthz 200 outcome=ok"
 
 
+def test_a_path_cannot_start_a_line_of_its_own_in_the_text_log() -> None:
+    path = "/chat/stream/x\nERROR sluiceway.auth: FAKE\r\x00\u2028"  # as decoded from %0A, %0D, %00
+    fields = {"method": "GET", "path": path, "status": 404, "outcome": "rejected"}
+    line = summary(fields)
+    assert line == "GET /chat/stream/x\\x0aERROR sluiceway.auth: FAKE\\x0d\\x00\\u2028 404 outcome=rejected"
+    assert line.isprintable()
+
+
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
     """configure_logging changes process-wide state: put every piece of it back."""

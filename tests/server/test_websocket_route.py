@@ -38,6 +38,9 @@ def receive(ws: ClientConnection) -> dict[str, Any]:
         ('{"message": "x", "model": "nope"}', "unknown model"),
         ('{"message": "x", "temperature": 9}', "temperature"),
         ("{}", "give 'message'"),
+        ('{"message": 5}', "message: must be a string"),
+        ('{"message": "a \\ud800"}', "JSON"),  # a lone surrogate: nothing could encode it back
+        ("[" * 3000 + "]" * 3000, "JSON"),
     ],
 )
 def test_bad_frames_get_an_error_and_the_socket_stays_open(

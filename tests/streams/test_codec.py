@@ -14,6 +14,8 @@ EVENTS: list[Event] = [
     Finish("stop"),
     Finish("cancelled", ttft_ms=12.5, tokens_per_s=80.25),
     Finish("error"),
+    Finish("stop", stop_sequence="END"),
+    Finish("stop", 3.5, 20.0, stop_sequence='naïve "é"\n'),
     ErrorEvent("upstream_timeout", "no first token within 60 s", True, None),
     ErrorEvent("rate_limited", "slow down", True, 2.5),
     ErrorEvent("internal", "ü", False),
@@ -31,6 +33,8 @@ def test_every_event_survives_a_round_trip(event: Event) -> None:
     [
         (TextDelta("Hi"), '{"t":"x","v":"Hi"}'),
         (Usage(5, 2), '{"t":"u","i":5,"o":2}'),
+        (Finish("stop"), '{"t": "f", "r": "stop", "ttft": null, "tps": null}'),
+        (Finish("stop", stop_sequence="é"), '{"t": "f", "r": "stop", "ttft": null, "tps": null, "ss": "é"}'),
         (
             ErrorEvent("overloaded", "busy", True, 1.0),
             '{"t":"e","c":"overloaded","m":"busy","r":true,"ra":1.0}',

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from sluiceway.events import ErrorEvent, Event, Finish, TextDelta, Usage
+from sluiceway.providers.echo import EchoProvider
 from sluiceway.requests import ChatRequest, Message
 from sluiceway.streams.generation import FirstSent, Meter, RetryPolicy, Timeouts, run_generation
 from sluiceway.streams.log import MemoryStreamLog
@@ -204,3 +205,17 @@ async def test_first_sent_wakes_its_waiter_and_outlives_a_timed_out_wait() -> No
     await asyncio.wait_for(waiting, 1)
     assert flag.is_set()
     await asyncio.wait_for(flag.wait(), 1)  # already set: returns at once
+
+
+@pytest.mark.parametrize(
+    ("max_tokens", "finish", "stop_sequence"), [(None, "stop", "c d"), (1, "length", None)]
+)
+async def test_the_stop_sequence_a_provider_met_reaches_the_logged_finish(
+    max_tokens: int | None, finish: str, stop_sequence: str | None
+) -> None:
+    request = ChatRequest((Message("user", "a b c d e"),), "echo", max_tokens=max_tokens, stop=("c d",))
+    log, meter = MemoryStreamLog("s"), Meter()
+    await run_generation(EchoProvider(), request, log, meter)
+    end = log.events[-1]
+    assert isinstance(end, Finish) and end.ttft_ms is not None
+    assert (end.reason, end.stop_sequence, meter.stop_sequence) == (finish, stop_sequence, stop_sequence)

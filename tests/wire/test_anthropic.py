@@ -5,7 +5,7 @@ import json
 import pytest
 
 from sluiceway.errors import ERROR_CLASSES, InvalidRequestError
-from sluiceway.events import ErrorEvent, Event, Finish, TextDelta, Usage
+from sluiceway.events import ErrorEvent, Event, Finish, FinishReason, TextDelta, Usage
 from sluiceway.requests import Message
 from sluiceway.wire.anthropic import (
     AnthropicEncoder,
@@ -13,6 +13,7 @@ from sluiceway.wire.anthropic import (
     error_type,
     message_body,
     parse_request,
+    stop_delta,
 )
 from sluiceway.wire.sse import SSEDecoder
 
@@ -40,12 +41,14 @@ def delta(text: str) -> bytes:
     ).encode()
 
 
-def tail(stop_reason: str, usage: str) -> bytes:
+def tail(stop_reason: str, usage: str, stop_sequence: str = "null") -> bytes:
     return (
         b'event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n'
         b'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"'
         + stop_reason.encode()
-        + b'","stop_sequence":null},"usage":'
+        + b'","stop_sequence":'
+        + stop_sequence.encode()
+        + b'},"usage":'
         + usage.encode()
         + b'}\n\nevent: message_stop\ndata: {"type":"message_stop"}\n\n'
     )
@@ -70,6 +73,20 @@ def tail(stop_reason: str, usage: str) -> bytes:
             MESSAGE_START + tail("end_turn", '{"input_tokens":4,"output_tokens":0}'),
         ),
         (
+            [Usage(4, 0), TextDelta("a"), Usage(4, 1), Finish("stop", stop_sequence="END")],
+            MESSAGE_START
+            + delta("a")
+            + tail("stop_sequence", '{"input_tokens":4,"output_tokens":1}', '"END"'),
+        ),
+        (
+            [Usage(4, 0), TextDelta("a"), Finish("length", stop_sequence="END")],
+            MESSAGE_START + delta("a") + tail("max_tokens", '{"input_tokens":4,"output_tokens":0}'),
+        ),
+        (
+            [Usage(4, 0), Finish("cancelled")],
+            MESSAGE_START + tail("end_turn", '{"input_tokens":4,"output_tokens":0}'),
+        ),
+        (
             [Usage(4, 0), TextDelta("a"), ErrorEvent("overloaded", "busy", True, 1.0), Finish("error")],
             MESSAGE_START + delta("a") + b'event: error\ndata: {"type":"error",'
             b'"error":{"type":"overloaded_error","message":"busy"}}\n\n',
@@ -84,8 +101,26 @@ def test_head_without_early_usage_reports_zero_input() -> None:
     assert b'"usage":{"input_tokens":0,"output_tokens":0}' in encode([TextDelta("x")])
 
 
-def test_heartbeat_is_anthropic_ping_event() -> None:
-    assert AnthropicEncoder("m", "m").heartbeat() == b'event: ping\ndata: {"type":"ping"}\n\n'
+def test_heartbeat_is_anthropic_ping_event_once_the_message_has_started() -> None:
+    encoder = AnthropicEncoder("msg_1", "m")
+    encoder.encode(1, Usage(4, 0))
+    assert encoder.encode(2, TextDelta("a")) == MESSAGE_START + delta("a")
+    assert encoder.heartbeat() == b'event: ping\ndata: {"type":"ping"}\n\n'
+
+
+def test_a_heartbeat_before_the_first_event_starts_the_message() -> None:
+    """The real API's first event is always ``message_start``: a keep-alive that comes before the
+    first word sends the head (with the input tokens known so far), and the head is not repeated;
+    ``message_delta`` then carries the final usage, input tokens included."""
+    encoder = AnthropicEncoder("msg_1", "m")
+    head = encoder.heartbeat()
+    assert head == MESSAGE_START.replace(b'"input_tokens":4', b'"input_tokens":0')
+    assert encoder.heartbeat() == b'event: ping\ndata: {"type":"ping"}\n\n'
+    events: list[Event] = [Usage(4, 0), TextDelta("a"), Usage(4, 1), Finish("stop")]
+    rest = b"".join(encoder.encode(i, e) for i, e in enumerate(events, start=1))
+    assert rest == delta("a") + tail("end_turn", '{"input_tokens":4,"output_tokens":1}')
+    names = [e.event for e in SSEDecoder().feed(head + rest)]
+    assert names.count("message_start") == 1 and names.index("ping") > names.index("message_start")
 
 
 def test_stream_decodes_at_every_split_point() -> None:
@@ -160,6 +195,15 @@ def test_parse_system_blocks_and_options() -> None:
         ({"max_tokens": 5, "messages": USER, "stream": 1}, "stream"),
         ({"max_tokens": None, "messages": USER}, "max_tokens: Field required"),
         ({"max_tokens": 5, "messages": USER, "frobnicate": True}, "unknown field"),
+        ({"max_tokens": 5, "messages": USER, "tools": "x"}, "tools: must be an array"),
+        (
+            {"max_tokens": 5, "messages": USER, "tools": [{"name": "f", "input_schema": {}}]},
+            "tools: sluiceway does not call tools; tools must be empty",
+        ),
+        (
+            {"max_tokens": 5, "messages": USER, "tools": [{"name": "f"}], "tool_choice": {"type": "any"}},
+            "tools: ",
+        ),
     ],
 )
 def test_parse_rejects(body: object, names: str) -> None:
@@ -167,7 +211,43 @@ def test_parse_rejects(body: object, names: str) -> None:
         parse_request(body)
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"tools": []},
+        {"tools": None},
+        {"tool_choice": {"type": "auto"}},
+        {"tools": [], "tool_choice": {"type": "any"}},
+        {"thinking": {"type": "enabled", "budget_tokens": 1024}},
+        {"metadata": {"user_id": "u"}, "top_k": 5, "service_tier": "auto"},
+    ],
+)
+def test_parse_ignores_what_does_not_change_the_answer(extra: dict[str, object]) -> None:
+    params = parse_request({"max_tokens": 5, "messages": USER, **extra})
+    assert params.request.messages == (Message("user", "hi"),)
+
+
 # ---- whole answers and errors --------------------------------------------------------------------
+
+
+def test_message_body_with_the_stop_sequence_that_ended_it() -> None:
+    body = message_body("msg_1", "m", "hi ", Usage(3, 1), "stop", "END")
+    assert (body["stop_reason"], body["stop_sequence"]) == ("stop_sequence", "END")
+
+
+@pytest.mark.parametrize(
+    ("finish", "stop_sequence", "expected"),
+    [
+        ("stop", None, {"stop_reason": "end_turn", "stop_sequence": None}),
+        ("stop", "END", {"stop_reason": "stop_sequence", "stop_sequence": "END"}),
+        ("stop", "", {"stop_reason": "stop_sequence", "stop_sequence": ""}),
+        ("length", None, {"stop_reason": "max_tokens", "stop_sequence": None}),
+        ("length", "END", {"stop_reason": "max_tokens", "stop_sequence": None}),
+        ("cancelled", "END", {"stop_reason": "end_turn", "stop_sequence": None}),
+    ],
+)
+def test_stop_delta(finish: FinishReason, stop_sequence: str | None, expected: dict[str, object]) -> None:
+    assert stop_delta(finish, stop_sequence) == expected
 
 
 def test_message_body() -> None:
@@ -199,6 +279,9 @@ def test_message_body() -> None:
         ("internal", 500, "api_error"),
         ("something_new", 405, "invalid_request_error"),
         ("something_new", 529, "overloaded_error"),
+        ("invalid_request", 404, "not_found_error"),  # the framework's 404 for an unknown path
+        ("invalid_request", 405, "invalid_request_error"),
+        ("internal", 503, "api_error"),
     ],
 )
 def test_error_shape(code: str, status: int, type_: str) -> None:

@@ -9,6 +9,8 @@ from sluiceway.errors import ERROR_CLASSES, InvalidRequestError
 from sluiceway.events import ErrorEvent, Event, Finish, TextDelta, Usage
 from sluiceway.requests import Message
 from sluiceway.wire.openai import (
+    FIELDS,
+    UNSERVED,
     OpenAIEncoder,
     completion_body,
     error_object,
@@ -157,11 +159,105 @@ def test_parse_without_model_leaves_it_to_the_route() -> None:
         ({"messages": USER, "max_completion_tokens": 1.5}, "max_completion_tokens"),
         ({"messages": USER, "frobnicate": True}, "unknown field"),
         ({"messages": [{"role": ["user"], "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user"}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": None}]}, "messages[0].content"),
+        ({"messages": [{"role": "system"}, *USER]}, "messages[0].content"),
+        ({"messages": [*USER, {"role": "developer", "content": None}]}, "messages[1].content"),
     ],
 )
 def test_parse_rejects(body: object, names: str) -> None:
     with pytest.raises(InvalidRequestError, match=names.replace("[", r"\[").replace("]", r"\]")):
         parse_request(body)
+
+
+def test_an_assistant_turn_may_have_no_content() -> None:
+    messages = [*USER, {"role": "assistant"}, {"role": "assistant", "content": None}, *USER]
+    assert parse_request({"messages": messages}).request.messages[1:3] == (
+        Message("assistant", ""),
+        Message("assistant", ""),
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"n": 2}, "n: sluiceway answers with one choice; n must be 1"),
+        ({"n": 0}, "n: sluiceway answers with one choice"),
+        ({"n": "abc"}, "n: must be an integer"),
+        ({"n": True}, "n: must be an integer"),
+        ({"n": 1.0}, "n: must be an integer"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f"}}]},
+            "tools: sluiceway does not call tools",
+        ),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required"},
+            "tools: sluiceway does not call tools; tools must be empty",
+        ),
+        ({"tools": "x"}, "tools: must be an array"),
+        ({"tool_choice": "required"}, "tool_choice: sluiceway does not call tools"),
+        ({"tool_choice": {"type": "function", "function": {"name": "f"}}}, "tool_choice: sluiceway does not"),
+        ({"tool_choice": 3}, "tool_choice: must be a string or an object"),
+        ({"parallel_tool_calls": "yes"}, "parallel_tool_calls: must be a boolean"),
+        ({"functions": [{"name": "f"}]}, "functions: sluiceway does not call tools"),
+        ({"functions": {}}, "functions: must be an array"),
+        ({"function_call": {"name": "f"}}, "function_call: sluiceway does not call tools"),
+        ({"logprobs": True}, "logprobs: sluiceway does not return log probabilities; logprobs must be false"),
+        ({"logprobs": "y"}, "logprobs: must be a boolean"),
+        ({"top_logprobs": 3}, "top_logprobs: sluiceway does not return log probabilities"),
+        ({"top_logprobs": "3"}, "top_logprobs: must be an integer"),
+        ({"response_format": {"type": "json_object"}}, "response_format: sluiceway answers with free text"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
+            'response_format: sluiceway answers with free text; response_format must be {"type": "text"}',
+        ),
+        ({"response_format": {}}, "response_format: sluiceway answers with free text"),
+        ({"response_format": "json"}, "response_format: must be an object"),
+        ({"modalities": ["text", "audio"]}, "modalities: sluiceway answers with text only"),
+        ({"modalities": []}, "modalities: sluiceway answers with text only"),
+        ({"modalities": "text"}, "modalities: must be an array of strings"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio: sluiceway answers with text only"),
+        ({"audio": "alloy"}, "audio: must be an object"),
+        ({"n": "abc", "tools": "x", "logprobs": "y"}, "n: must be an integer"),  # the first, by the table
+    ],
+)
+def test_unserved_features_are_refused_naming_the_field(extra: dict[str, object], message: str) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        parse_request({"messages": USER, **extra})
+    assert info.value.message.startswith(message)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"n": 1},
+        {"n": None},
+        {"tools": []},
+        {"tools": None},
+        {"tool_choice": "none"},
+        {"tool_choice": "auto"},
+        {"tools": [], "tool_choice": "auto", "parallel_tool_calls": True},
+        {"tool_choice": None, "parallel_tool_calls": False},
+        {"functions": [], "function_call": "none"},
+        {"function_call": "auto"},
+        {"logprobs": False},
+        {"logprobs": None, "top_logprobs": None},
+        {"top_logprobs": 0},
+        {"response_format": {"type": "text"}},
+        {"response_format": None},
+        {"modalities": ["text"]},
+        {"modalities": None, "audio": None},
+        {"seed": 1, "top_p": 0.5, "user": "u", "frequency_penalty": 0, "presence_penalty": 0},
+        {"logit_bias": {"50256": -100}, "metadata": {"k": "v"}, "store": False, "service_tier": "auto"},
+        {"reasoning_effort": "low", "verbosity": "low", "prediction": None, "web_search_options": None},
+    ],
+)
+def test_default_values_of_unserved_features_are_accepted(extra: dict[str, object]) -> None:
+    assert parse_request({"messages": USER, **extra}).request.messages == (Message("user", "hi"),)
+
+
+def test_unserved_fields_are_fields_of_the_real_api() -> None:
+    assert {field.name for field in UNSERVED} <= FIELDS
 
 
 # ---- whole answers and errors --------------------------------------------------------------------

@@ -100,7 +100,7 @@ def test_parse_conversation_with_limits() -> None:
         ("[1]", "JSON objects"),
         ('{"type": "resume"}', "unknown frame type"),
         ("{}", "give 'message'"),
-        ('{"message": 3}', "message.content"),
+        ('{"message": 3}', "message: must be a string"),
         ('{"messages": {}}', "messages"),
         ('{"messages": [3]}', r"messages\[0\]"),
         ('{"messages": [{"role": "bot", "content": "x"}]}', r"messages\[0\].role"),

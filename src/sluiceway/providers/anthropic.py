@@ -4,7 +4,8 @@ How it works: one ``AsyncAnthropic`` client per configured model (retries off: t
 ``stream`` enters ``client.messages.stream(...)`` with ``async with``, so cancelling the relay's task
 or closing the generator closes the HTTP response and the upstream sees the disconnect. Events:
 ``message_start`` gives an early ``Usage`` (input tokens, output 0); each ``text_delta`` is a
-``TextDelta``; the SDK's accumulated final message gives the last ``Usage`` and the stop reason.
+``TextDelta``; the SDK's accumulated final message gives the last ``Usage`` and the stop reason (with
+the matched stop sequence, when one ended the answer).
 System messages go to the ``system`` parameter; ``max_tokens``, which Anthropic requires, falls
 back to the model's ``max_tokens_cap`` or :data:`DEFAULT_MAX_TOKENS`. ``temperature`` is not sent:
 SDK 2.x speaks API version 2026-10-21, which removed the sampling parameters (any of them is a 400).
@@ -23,7 +24,7 @@ from anthropic.types import MessageParam
 from anthropic.types import Usage as AnthropicUsage
 
 from sluiceway.errors import SluicewayError, UpstreamError
-from sluiceway.events import Event, Finish, FinishReason, TextDelta, Usage
+from sluiceway.events import Event, Finish, FinishReason, TextDelta, Usage, repaired_text
 from sluiceway.providers import _sdk_errors
 from sluiceway.providers.base import ModelConfig, Provider
 from sluiceway.requests import ChatRequest, Message
@@ -69,7 +70,7 @@ class AnthropicProvider:
                 started = False
                 async for event in events:
                     if event.type == "content_block_delta" and event.delta.type == "text_delta":
-                        yield TextDelta(event.delta.text)
+                        yield TextDelta(repaired_text(event.delta.text))  # JSON may escape half an emoji
                     elif event.type == "message_start":
                         started = True
                         yield Usage(_input_tokens(event.message.usage), 0)
@@ -81,7 +82,8 @@ class AnthropicProvider:
         if final.stop_reason is None:
             raise UpstreamError(f"model {self.name!r}: upstream ended the stream without a stop reason")
         yield Usage(_input_tokens(final.usage), final.usage.output_tokens)
-        yield Finish(_FINISH.get(final.stop_reason, "stop"))
+        matched = final.stop_sequence if final.stop_reason == "stop_sequence" else None
+        yield Finish(_FINISH.get(final.stop_reason, "stop"), stop_sequence=matched)
 
     def _open(self, request: ChatRequest) -> AsyncMessageStreamManager[None]:
         system = "\n\n".join(m.content for m in request.messages if m.role == "system")

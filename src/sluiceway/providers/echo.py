@@ -1,7 +1,9 @@
 """``echo``: streams the last user message back, word by word, with an optional delay per token.
 
 Deterministic and dependency-free: demos, front-end work and tests use it. The pieces join back
-to exactly the message (whitespace stays attached to the word it follows).
+to exactly the message (whitespace stays attached to the word it follows). Stop sequences work as
+a model's do: the echo ends just before the first place one of them occurs (it may span words or
+end inside one), with finish reason ``stop`` and the sequence that matched.
 """
 
 from __future__ import annotations
@@ -23,6 +25,19 @@ def split_words(text: str) -> list[str]:
     return _PIECE.findall(text)
 
 
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, str | None]:
+    """``text`` up to the first occurrence of any of ``stops``, and the stop sequence found there.
+
+    Of two found at the same place, the shorter (which a model writing left to right meets first)
+    wins; empty stop sequences are ignored.
+    """
+    found = [(at, stop) for stop in stops if stop and (at := text.find(stop)) >= 0]
+    if not found:
+        return text, None
+    at, stop = min(found)
+    return text[:at], stop
+
+
 class EchoProvider:
     """Echo the newest user message; ``delay_ms`` waits before each piece."""
 
@@ -34,7 +49,8 @@ class EchoProvider:
         self.fail_code = fail_code
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[Event]:
-        pieces = split_words(request.last_user_text)
+        text, stop_sequence = cut_at_stop(request.last_user_text, request.stop)
+        pieces = split_words(text)
         input_tokens = sum(len(split_words(m.content)) for m in request.messages)
         yield Usage(input_tokens, 0)
         limit = request.max_tokens if request.max_tokens is not None else len(pieces)
@@ -50,7 +66,7 @@ class EchoProvider:
             yield TextDelta(piece)
             sent += 1
         yield Usage(input_tokens, sent)
-        yield Finish("length" if sent < len(pieces) else "stop")
+        yield Finish("length") if sent < len(pieces) else Finish("stop", stop_sequence=stop_sequence)
 
     async def aclose(self) -> None:
         return None

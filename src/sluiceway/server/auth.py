@@ -33,6 +33,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from starlette.datastructures import Headers
 from starlette.requests import HTTPConnection, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -440,8 +441,8 @@ def _auth_message_key(message: Message) -> str | None:
     if not raw or len(raw) > 4096:
         return None
     try:
-        payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError:  # also invalid UTF-8 and nesting too deep for json.loads
         return None
     if isinstance(payload, dict) and payload.get("type") == "auth":
         key = payload.get("key")

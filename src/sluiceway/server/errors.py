@@ -110,6 +110,8 @@ def describe_validation(exc: RequestValidationError) -> str:
     """One line naming each bad field and what was wrong with it."""
     parts = []
     for err in exc.errors()[:5]:
+        if err.get("type") == "json_invalid":  # FastAPI's, from JSONRequest: orjson's reason
+            return f"the request body must be JSON ({err.get('ctx', {}).get('error', 'invalid')})"
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
         parts.append(f"{loc}: {err.get('msg', 'invalid')}")
     return "; ".join(parts) or "invalid request body"

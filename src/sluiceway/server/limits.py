@@ -4,7 +4,8 @@ Two kinds of limit meet here because both are checked at the same moment, in
 :func:`admit`, which ``start_stream`` calls for every protocol:
 
 * per request (from settings): how many messages, how long each, and ``max_tokens`` capped to the
-  model's ``max_tokens_cap`` - a 400 naming the field, or a silent cap;
+  model's ``max_tokens_cap`` - a 400 naming the field as the client's protocol names it
+  (:class:`InputNames`, which the route hands to ``start_stream``), or a silent cap;
 * per API key (from its ``[[api_keys]]`` table): which models (403), generations started per
   sliding minute (``rpm``), generations running at once (``max_concurrent``) and input + output
   tokens per UTC day (``tokens_per_day``) - a 429 with ``retry_after``.
@@ -37,16 +38,40 @@ WINDOW_S = 60.0
 DAY_S = 86400
 
 
-def check_input(request: ChatRequest, max_messages: int, max_message_chars: int) -> None:
+@dataclass(frozen=True, slots=True)
+class InputNames:
+    """How a protocol names the parts of a conversation in an input limit's 400.
+
+    ``message`` is the field of the ``i``-th message's content. ``system``, when set, is the
+    protocol's own system prompt field (Anthropic's ``system``): a leading system message of the
+    request came from it, is named by it and is not counted as a message.
+    """
+
+    message: str = "messages[{i}].content"
+    system: str | None = None
+
+
+def check_input(
+    request: ChatRequest, max_messages: int, max_message_chars: int, names: InputNames | None = None
+) -> None:
     """Refuse a conversation with too many messages or a message that is too long."""
-    count = len(request.messages)
+    names = names or InputNames()
+    messages = request.messages
+    system = names.system if names.system and messages and messages[0].role == "system" else None
+    if system is not None:
+        messages = messages[1:]
+    count = len(messages)
     if count > max_messages:
         raise InvalidRequestError(f"messages: {count} messages; the limit is {max_messages}")
-    for i, message in enumerate(request.messages):
-        if len(message.content) > max_message_chars:
-            raise InvalidRequestError(
-                f"messages[{i}].content: {len(message.content)} characters; the limit is {max_message_chars}"
-            )
+    if system is not None:
+        _check_length(request.messages[0].content, system, max_message_chars)
+    for i, message in enumerate(messages):
+        _check_length(message.content, names.message.format(i=i), max_message_chars)
+
+
+def _check_length(content: str, where: str, max_message_chars: int) -> None:
+    if len(content) > max_message_chars:
+        raise InvalidRequestError(f"{where}: {len(content)} characters; the limit is {max_message_chars}")
 
 
 def cap_max_tokens(request: ChatRequest, cap: int | None) -> ChatRequest:
@@ -156,9 +181,15 @@ class KeyLimits:
 
 
 def admit(
-    settings: Settings, limits: KeyLimits, key: ApiKey | None, config: ModelConfig, request: ChatRequest
+    settings: Settings,
+    limits: KeyLimits,
+    key: ApiKey | None,
+    config: ModelConfig,
+    request: ChatRequest,
+    names: InputNames | None = None,
 ) -> tuple[ChatRequest, Lease]:
-    """Every check before a generation starts: input limits, the model's cap, then the key's quotas."""
-    check_input(request, settings.max_messages, settings.max_message_chars)
+    """Every check before a generation starts: input limits (their fields named as ``names`` says),
+    the model's cap, then the key's quotas."""
+    check_input(request, settings.max_messages, settings.max_message_chars, names)
     request = cap_max_tokens(request, config.max_tokens_cap)
     return limits.admit(key, request)

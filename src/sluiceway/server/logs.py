@@ -38,6 +38,10 @@ _PATTERNS = (
 )
 
 
+_PLACEHOLDER = re.compile(r"%(?:\([^)]*\))?[#0 +-]*(?:\*|\d+)?(?:\.(?:\*|\d+))?[hlL]?[diouxXeEfFgGcrsa%]")
+"""A ``%``-format placeholder: a message with arguments is redacted between its placeholders, never
+across one (``"first token: %s"`` must keep its ``%s``, else the arguments no longer fit)."""
+
 _MAYBE = re.compile(r"(?i)key|token|authorization|bearer|sk-")
 """A word each of :data:`_PATTERNS` needs: text without one is left as it is (one search instead of
 four substitutions; most of a request log line's fields are ids, paths and numbers)."""
@@ -73,7 +77,7 @@ class RedactingFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.msg, str):
-            record.msg = redact(record.msg, self.secrets)
+            record.msg = self._template(record.msg) if record.args else redact(record.msg, self.secrets)
         if isinstance(record.args, tuple):
             record.args = tuple(self._arg(a) for a in record.args)
         elif isinstance(record.args, Mapping):
@@ -87,7 +91,22 @@ class RedactingFilter(logging.Filter):
             record.stack_info = redact(record.stack_info, self.secrets)
         for name in record.__dict__.keys() - _STANDARD:
             record.__dict__[name] = self._extra(record.__dict__[name])
+        try:
+            record.getMessage()
+        except (TypeError, ValueError, KeyError):  # a message that does not fit its arguments
+            record.msg, record.args = f"{record.msg} {record.args!r}", None  # both redacted above
         return True
+
+    def _template(self, template: str) -> str:
+        """A message template redacted piece by piece between its placeholders."""
+        pieces = _PLACEHOLDER.split(template)
+        if len(pieces) == 1:
+            return redact(template, self.secrets)
+        marks = _PLACEHOLDER.findall(template)
+        out = [redact(pieces[0], self.secrets)]
+        for mark, piece in zip(marks, pieces[1:], strict=True):
+            out += (mark, redact(piece, self.secrets))
+        return "".join(out)
 
     def _extra(self, value: object) -> object:
         if isinstance(value, str):

@@ -14,6 +14,7 @@ left to send answers 204, which also tells a browser's ``EventSource`` to stop r
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import replace
@@ -23,12 +24,18 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from sluiceway.errors import InvalidRequestError
-from sluiceway.events import ErrorEvent, Event, TextDelta, Usage
+from sluiceway.events import ErrorEvent, Event, TextDelta, Usage, repaired_text
 from sluiceway.requests import ChatRequest
 from sluiceway.server.auth import current_key
 from sluiceway.server.errors import error_response, exception_response
-from sluiceway.server.limits import admit
-from sluiceway.server.responses import Deferred, DeferredResponse, EventStreamResponse
+from sluiceway.server.limits import InputNames, admit
+from sluiceway.server.responses import (
+    Deferred,
+    DeferredResponse,
+    EventStreamResponse,
+    stop_listening,
+    unless_gone,
+)
 from sluiceway.server.settings import Settings
 from sluiceway.server.state import AppState
 from sluiceway.streams.backend import StreamBackend
@@ -49,19 +56,21 @@ def start_stream(
     grace_s: float | None = None,
     key: str | None = None,
     protocol: str = "",
+    names: InputNames | None = None,
 ) -> Stream:
     """Resolve the model and start generating; raises before any byte if the model is unknown,
     the server is at its limits (``overloaded``) or shutting down (``shutting_down``).
 
     The model's configured ``fallbacks`` (those loaded here) go along, tried in order if the model
     fails before its first token. ``key`` names the stream for ``hub.find`` (AI SDK: the chat id).
-    ``protocol`` (the route's: ``openai``, ``seed`` …) labels the generation's metrics.
+    ``protocol`` (the route's: ``openai``, ``seed`` …) labels the generation's metrics; ``names``
+    is how its 400s for input limits name the request's fields (the request's own layout if unset).
 
     Also raises when the request breaks an input limit, or the caller's API key may not use the
     model or has reached a quota (``forbidden``, ``rate_limited``): see :mod:`sluiceway.server.limits`.
     """
     config, provider = state.models.resolve(request.model)
-    request, lease = admit(state.settings, state.limits, current_key(), config, request)
+    request, lease = admit(state.settings, state.limits, current_key(), config, request, names)
     try:
         stream = state.hub.start(
             provider,
@@ -119,12 +128,19 @@ class StreamAnswer(DeferredResponse):
     async def finish(
         self, scope: Scope, receive: Receive, deferred: Deferred, server_send: Send
     ) -> DeferredResponse | None:
+        chosen: tuple[Response, asyncio.Task[None] | None] | None
         try:
-            response = await self._choose()
+            chosen = await unless_gone(receive, self._choose())
         except Exception as exc:  # in place, the app's exception handlers would have answered it so
-            response = exception_response(exc, self.http)
-        if isinstance(response, DeferredResponse):
+            chosen = exception_response(exc, self.http), None
+        if chosen is None:
+            return None  # the client left before the first word: its reader is closed, the policy applies
+        response, listener = chosen
+        if isinstance(response, EventStreamResponse):
+            response.listener = listener
             return response  # finished in this answer's place: the request and the route's closures go
+        if listener is not None:
+            await stop_listening(listener)
         response.headers.update(self.headers)
         await response(scope, receive, deferred.take_send())
         return None
@@ -229,10 +245,22 @@ async def _body(
 def _encode(encoder: Encoder, batch: Batch | None) -> bytes:
     if batch is None:
         return encoder.heartbeat()
-    if len(batch) == 1:  # a reader that keeps up: one event a batch, no generator to join
-        seq, event = batch[0]
-        return encoder.encode(seq, event)
-    return b"".join([encoder.encode(seq, event) for seq, event in batch])
+    try:
+        if len(batch) == 1:  # a reader that keeps up: one event a batch, no generator to join
+            seq, event = batch[0]
+            return encoder.encode(seq, event)
+        return b"".join([encoder.encode(seq, event) for seq, event in batch])
+    except (TypeError, UnicodeError):  # a text no encoder can write: sent repaired, not dropped
+        return b"".join([encoder.encode(seq, repaired_event(event)) for seq, event in batch])
+
+
+def repaired_event(event: Event) -> Event:
+    """``event`` with its text (or error message) repaired as :func:`repaired_text` repairs it."""
+    if isinstance(event, TextDelta):
+        return TextDelta(repaired_text(event.text))
+    if isinstance(event, ErrorEvent):
+        return replace(event, message=repaired_text(event.message))
+    return event
 
 
 async def collect(reader: AsyncIterator[Batch | None]) -> Batch:

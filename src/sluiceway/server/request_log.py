@@ -126,13 +126,22 @@ def _stream(scope: Scope, stream_id: str | None) -> Any:
 
 
 def summary(fields: dict[str, Any]) -> str:
-    """The text form: ``METHOD path status`` then the known fields as ``key=value``."""
-    head = f"{fields['method']} {fields['path']} {fields['status']}"
+    """The text form: ``METHOD path status`` then the known fields as ``key=value``. The path is
+    the client's (decoded): its control characters are written escaped (``\\x0a``), so that no
+    request can start a line of its own in the log."""
+    path = _CONTROL.sub(_escape, fields["path"])
+    head = f"{fields['method']} {path} {fields['status']}"
     rest = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None and k not in _IN_HEAD)
     return f"{head} {rest}"
 
 
 _IN_HEAD = frozenset({"method", "path", "status"})
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class JsonFormatter(logging.Formatter):

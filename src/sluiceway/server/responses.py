@@ -23,18 +23,22 @@ Starlette's ``StreamingResponse`` abandons its iterator when the client disconne
 ``http.disconnect``; whichever ends first stops the other, and the body's ``aclose()`` runs in every
 case. A library under the body may swallow a ``CancelledError`` (redis-py 8 on Python 3.11
 sometimes does), so the sending is cancelled again until it has stopped, or a gone client would
-keep a reader attached.
+keep a reader attached. What a response awaits before its start (a stream's first word) is awaited
+through :func:`unless_gone`, which listens the same way and hands its listener on to the body.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable, Mapping
-from typing import Any
+import contextlib
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from fastapi import FastAPI
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
+
+T = TypeVar("T")
 
 DEFERRED = "sluiceway.deferred"
 """Scope key of the request's :class:`Deferred`, set by :class:`SluicewayApp`."""
@@ -122,6 +126,8 @@ class EventStreamResponse(DeferredResponse):
         self.media_type = media_type
         self.background = None
         self.init_headers(headers)
+        self.listener: asyncio.Task[None] | None = None
+        """A task already waiting for ``http.disconnect`` (:func:`unless_gone`'s), to go on with."""
 
     async def finish(
         self, scope: Scope, receive: Receive, deferred: Deferred, server_send: Send
@@ -132,7 +138,7 @@ class EventStreamResponse(DeferredResponse):
         try:
             await send(start)
         except BaseException as exc:
-            await self.chunks.aclose()
+            await self.abandon()
             if isinstance(exc, OSError):  # the client is gone
                 return None
             raise
@@ -141,6 +147,9 @@ class EventStreamResponse(DeferredResponse):
         return None
 
     async def abandon(self) -> None:
+        if self.listener is not None:
+            await _stop(self.listener)
+            self.listener = None
         await self.chunks.aclose()
 
     async def stream(self, receive: Receive, send: Send) -> None:
@@ -151,7 +160,7 @@ class EventStreamResponse(DeferredResponse):
         task = asyncio.current_task()
         assert task is not None
         watch = _Watch(task)
-        listener = asyncio.create_task(_wait_disconnect(receive))
+        listener, self.listener = self.listener or asyncio.create_task(_wait_disconnect(receive)), None
         listener.add_done_callback(watch.gone)
         try:
             await self._send_body(send)
@@ -198,6 +207,44 @@ class _Watch:
         for _ in range(self.cancels):
             self.task.uncancel()
         return self.task.cancelling() == 0
+
+
+async def unless_gone(receive: Receive, work: Awaitable[T]) -> tuple[T, asyncio.Task[None]] | None:
+    """``work``'s result, awaited in this task while a listener task waits for the client's
+    ``http.disconnect``; ``None`` if the client left first (``work`` is cancelled then, see
+    :class:`_Watch`). The listener comes back still listening, for the response to go on with (an
+    :class:`EventStreamResponse`'s :attr:`~EventStreamResponse.listener`) or to stop: ``receive()``
+    is awaited by one task at a time."""
+    task = asyncio.current_task()
+    assert task is not None
+    watch = _Watch(task)
+    listener = asyncio.create_task(_wait_disconnect(receive))
+    listener.add_done_callback(watch.gone)
+    try:
+        result = await work
+    except asyncio.CancelledError:
+        watch.sending = False
+        if watch.forget_cancels():
+            return None
+        await _stop(listener)
+        raise
+    except BaseException:
+        watch.sending = False
+        await _stop(listener)
+        raise
+    watch.sending = False
+    listener.remove_done_callback(watch.gone)
+    if watch.cancels:  # the client left as ``work`` returned: take the cancel still to come back
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(0)
+        if not watch.forget_cancels():
+            raise asyncio.CancelledError
+    return result, listener
+
+
+async def stop_listening(listener: asyncio.Task[None]) -> None:
+    """Stop a listener :func:`unless_gone` handed back."""
+    await _stop(listener)
 
 
 async def _stop(task: asyncio.Task[None]) -> None:

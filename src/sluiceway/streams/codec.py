@@ -21,8 +21,11 @@ def dump_event(event: Event) -> str:
             return json.dumps({"t": "x", "v": text}, ensure_ascii=False, separators=(",", ":"))
         case Usage(input_tokens, output_tokens):
             return f'{{"t":"u","i":{input_tokens},"o":{output_tokens}}}'
-        case Finish(reason, ttft_ms, tokens_per_s):
-            return json.dumps({"t": "f", "r": reason, "ttft": ttft_ms, "tps": tokens_per_s})
+        case Finish(reason, ttft_ms, tokens_per_s, stop_sequence):
+            end: dict[str, Any] = {"t": "f", "r": reason, "ttft": ttft_ms, "tps": tokens_per_s}
+            if stop_sequence is not None:
+                end["ss"] = stop_sequence
+            return json.dumps(end, ensure_ascii=False)
         case ErrorEvent(code, message, retryable, retry_after):
             body = {"t": "e", "c": code, "m": message, "r": retryable, "ra": retry_after}
             return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
@@ -38,7 +41,8 @@ def load_event(data: str | bytes) -> Event:
     if kind == "u":
         return Usage(int(obj["i"]), int(obj["o"]))
     if kind == "f" and obj["r"] in FINISH_REASONS:
-        return Finish(obj["r"], obj.get("ttft"), obj.get("tps"))
+        stop = obj.get("ss")
+        return Finish(obj["r"], obj.get("ttft"), obj.get("tps"), None if stop is None else str(stop))
     if kind == "e":
         return ErrorEvent(str(obj["c"]), str(obj["m"]), bool(obj.get("r")), obj.get("ra"))
     raise ValueError(f"not a logged event: {obj!r}")

@@ -126,6 +126,8 @@ class Meter:
     attempts: int = 0
     cancel_reason: str | None = None
     observer: StreamObserver | None = None
+    stop_sequence: str | None = None
+    """The stop sequence the provider said ended the answer (its ``Finish``'s), for the log's end."""
 
     def usage_so_far(self) -> Usage:
         """The provider's last usage, with output raised to the deltas actually received."""
@@ -133,14 +135,16 @@ class Meter:
         return Usage(base.input_tokens, max(base.output_tokens, self.deltas))
 
     def finish(self, reason: FinishReason) -> Finish:
-        """``Finish`` with time to first token and tokens/s measured here."""
+        """``Finish`` with time to first token and tokens/s measured here (and, for ``stop``, the
+        provider's stop sequence)."""
+        stop_sequence = self.stop_sequence if reason == "stop" else None
         if self.first_token is None:
-            return Finish(reason)
+            return Finish(reason, stop_sequence=stop_sequence)
         ttft_ms = round((self.first_token - self.started) * 1000, 2)
         span = (self.last_token or self.first_token) - self.first_token
         out = self.usage_so_far().output_tokens
         tps = round((out - 1) / span, 2) if span > 0 and out > 1 else None
-        return Finish(reason, ttft_ms=ttft_ms, tokens_per_s=tps)
+        return Finish(reason, ttft_ms=ttft_ms, tokens_per_s=tps, stop_sequence=stop_sequence)
 
     def deadline(self, timeouts: Timeouts) -> float | None:
         """When waiting for the provider must stop (``perf_counter`` time), or ``None``."""
@@ -351,6 +355,7 @@ async def _record(event: Event, log: StreamLog, meter: Meter) -> bool:
     elif isinstance(event, Usage):
         meter.usage = event
     elif isinstance(event, Finish):
+        meter.stop_sequence = event.stop_sequence
         await _end(log, meter, None, event.reason)
         return True
     elif isinstance(event, ErrorEvent):

@@ -11,9 +11,13 @@ A streaming answer is SSE with named events, each ``data:`` repeating the name a
     message_stop
 
 How the head is timed: ``message_start`` reports the input tokens, which the provider's early
-``Usage`` tells; so the head is written at the first event that is not a ``Usage``. A failure after
-the first byte is ``event: error`` with ``{"type": "error", "error": {"type", "message"}}``, which the
-anthropic SDKs raise as ``APIStatusError`` (Python) / ``APIError`` (Node); the stream then just ends.
+``Usage`` tells; so the head is written at the first event that is not a ``Usage``, or at the first
+keep-alive if that comes sooner (the real API never sends ``ping`` before ``message_start``). Its
+input tokens are then those known so far (often 0, as the relay logs the early ``Usage`` with the
+first text); ``message_delta``'s usage always carries the final input and output tokens, which the
+SDKs take as the message's. A failure after the first byte is ``event: error`` with
+``{"type": "error", "error": {"type", "message"}}``, which the anthropic SDKs raise as
+``APIStatusError`` (Python) / ``APIError`` (Node); the stream then just ends.
 """
 
 from __future__ import annotations
@@ -61,7 +65,8 @@ STATUS_TYPES: dict[int, str] = {
     504: "timeout_error",
     529: "overloaded_error",
 }
-"""For codes not in :data:`ERROR_TYPES` (new ones, HTTP errors of the framework): by status."""
+"""For codes not in :data:`ERROR_TYPES` (new ones), and for an error answered with another status
+than its code's (the framework's 404 and 405 come as ``invalid_request``): by status."""
 
 FIELDS = frozenset(
     {
@@ -91,7 +96,9 @@ FIELDS = frozenset(
         "workspace_id",
     }
 )
-"""Every body field the real API defines: others are refused ("Extra inputs are not permitted")."""
+"""Every body field the real API defines: others are refused ("Extra inputs are not permitted").
+Of those sluiceway does not use, ``tools`` is refused unless empty (it would change the answer's
+shape); the others (``tool_choice``, ``thinking``, ``metadata``, ``top_k`` …) are accepted and ignored."""
 
 PING = b'event: ping\ndata: {"type":"ping"}\n\n'
 _DELTA_HEAD = (
@@ -130,6 +137,7 @@ def parse_request(body: object) -> MessagesParams:
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise InvalidRequestError("model: must be a string")
+    _refuse_tools(body.get("tools"))
     request = make_request(
         messages,
         model or "",
@@ -141,6 +149,15 @@ def parse_request(body: object) -> MessagesParams:
     if not isinstance(stream, bool | None):
         raise InvalidRequestError("stream: must be a boolean")
     return MessagesParams(request, bool(stream))
+
+
+def _refuse_tools(tools: object) -> None:
+    """Refuse any tool (none is served); an empty list is fine, and ``tool_choice``, which means
+    nothing without tools, is ignored."""
+    if tools is not None and not isinstance(tools, list):
+        raise InvalidRequestError("tools: must be an array")
+    if tools:
+        raise InvalidRequestError("tools: sluiceway does not call tools; tools must be empty")
 
 
 def _message(raw: object, where: str) -> Message:
@@ -157,11 +174,15 @@ def _text(content: object, where: str) -> str:
 
 
 def error_type(code: str, status: int | None = None) -> str:
-    """Anthropic's error type for one of our codes (or, failing that, for the HTTP status)."""
-    if code in ERROR_TYPES:
+    """Anthropic's error type for one of our codes (or, failing that, for the HTTP status).
+
+    A code's type holds at its own status; answered with another (a 404 for an unknown path comes
+    as ``invalid_request``), the status tells the type.
+    """
+    cls = ERROR_CLASSES.get(code)
+    if code in ERROR_TYPES and (status is None or cls is None or cls.status == status):
         return ERROR_TYPES[code]
     if status is None:
-        cls = ERROR_CLASSES.get(code)
         status = cls.status if cls is not None else 500
     if status in STATUS_TYPES:
         return STATUS_TYPES[status]
@@ -183,8 +204,21 @@ def usage_object(usage: Usage) -> dict[str, int]:
     return {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
 
 
+def stop_delta(finish: FinishReason, stop_sequence: str | None = None) -> dict[str, str | None]:
+    """``stop_reason`` and ``stop_sequence``: ``"stop_sequence"`` and the string when a known stop
+    sequence ended the answer, else the reason as :data:`STOP_REASONS` maps it (and ``null``)."""
+    if finish == "stop" and stop_sequence is not None:
+        return {"stop_reason": "stop_sequence", "stop_sequence": stop_sequence}
+    return {"stop_reason": STOP_REASONS[finish], "stop_sequence": None}
+
+
 def message_body(
-    message_id: str, model: str, text: str, usage: Usage, finish: FinishReason
+    message_id: str,
+    model: str,
+    text: str,
+    usage: Usage,
+    finish: FinishReason,
+    stop_sequence: str | None = None,
 ) -> dict[str, Any]:
     """A whole ``message`` object (the non-streaming answer)."""
     return {
@@ -193,8 +227,7 @@ def message_body(
         "role": "assistant",
         "model": model,
         "content": [{"type": "text", "text": text}],
-        "stop_reason": STOP_REASONS[finish],
-        "stop_sequence": None,
+        **stop_delta(finish, stop_sequence),
         "usage": usage_object(usage),
     }
 
@@ -220,7 +253,7 @@ class AnthropicEncoder:
         return b""
 
     def heartbeat(self) -> bytes:
-        return PING
+        return PING if self._started else self._head()
 
     def encode(self, seq: int, event: Event) -> bytes:
         if isinstance(event, Usage):
@@ -234,8 +267,8 @@ class AnthropicEncoder:
                 return head + named_event("error", {"error": error_body(event.code, event.message)["error"]})
             case Finish(reason="error"):
                 return head
-            case Finish(reason):
-                return head + self._tail(STOP_REASONS[reason])
+            case Finish(reason, stop_sequence=stop_sequence):
+                return head + self._tail(stop_delta(reason, stop_sequence))
         raise AssertionError(f"unhandled event {event!r}")
 
     def _head(self) -> bytes:
@@ -248,15 +281,9 @@ class AnthropicEncoder:
             + PING
         )
 
-    def _tail(self, stop_reason: str) -> bytes:
+    def _tail(self, delta: dict[str, str | None]) -> bytes:
         return (
             named_event("content_block_stop", {"index": 0})
-            + named_event(
-                "message_delta",
-                {
-                    "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-                    "usage": usage_object(self._usage),
-                },
-            )
+            + named_event("message_delta", {"delta": delta, "usage": usage_object(self._usage)})
             + named_event("message_stop", {})
         )

@@ -17,7 +17,7 @@ byte is ``data: {"error": {...}}``: the openai SDKs (Python ``Stream.__stream__`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,8 +97,102 @@ FIELDS = frozenset(
         "web_search_options",
     }
 )
-"""Every body field the real API defines: others are refused, as the real API refuses them
-(fields it defines but sluiceway does not use are accepted and ignored)."""
+"""Every body field the real API defines: others are refused, as the real API refuses them.
+Fields it defines but sluiceway does not use are accepted and ignored, except those in
+:data:`UNSERVED`, which would change the answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class Unserved:
+    """A field whose values but a few would change what the answer is (more choices, tool calls, log
+    probabilities, JSON, audio): its JSON type (in words, and a check), the values served, and why
+    the others are refused. ``null`` (or leaving the field out) is always served."""
+
+    name: str
+    kind: str
+    is_kind: Callable[[Any], bool]
+    served: Callable[[Any], bool]
+    why: str = ""
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_bool(value: object) -> bool:
+    return isinstance(value, bool)
+
+
+def _is_list(value: object) -> bool:
+    return isinstance(value, list)
+
+
+def _is_strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _is_object(value: object) -> bool:
+    return isinstance(value, Mapping)
+
+
+def _is_choice(value: object) -> bool:
+    return isinstance(value, str | Mapping)
+
+
+NO_TOOLS = "sluiceway does not call tools"
+NO_LOGPROBS = "sluiceway does not return log probabilities"
+UNSERVED: tuple[Unserved, ...] = (
+    Unserved("n", "an integer", _is_int, lambda v: v == 1, "sluiceway answers with one choice; n must be 1"),
+    Unserved("tools", "an array", _is_list, lambda v: not v, f"{NO_TOOLS}; tools must be empty"),
+    Unserved(
+        "tool_choice",
+        "a string or an object",
+        _is_choice,
+        lambda v: v in ("none", "auto"),
+        f"{NO_TOOLS}; tool_choice must be 'none' or 'auto'",
+    ),
+    Unserved("parallel_tool_calls", "a boolean", _is_bool, lambda v: True),
+    Unserved("functions", "an array", _is_list, lambda v: not v, f"{NO_TOOLS}; functions must be empty"),
+    Unserved(
+        "function_call",
+        "a string or an object",
+        _is_choice,
+        lambda v: v in ("none", "auto"),
+        f"{NO_TOOLS}; function_call must be 'none' or 'auto'",
+    ),
+    Unserved(
+        "logprobs",
+        "a boolean",
+        _is_bool,
+        lambda v: v is False,
+        f"{NO_LOGPROBS}; logprobs must be false",
+    ),
+    Unserved(
+        "top_logprobs", "an integer", _is_int, lambda v: v == 0, f"{NO_LOGPROBS}; top_logprobs must be 0"
+    ),
+    Unserved(
+        "response_format",
+        "an object",
+        _is_object,
+        lambda v: v.get("type") == "text",
+        'sluiceway answers with free text; response_format must be {"type": "text"}',
+    ),
+    Unserved(
+        "modalities",
+        "an array of strings",
+        _is_strings,
+        lambda v: v == ["text"],
+        'sluiceway answers with text only; modalities must be ["text"]',
+    ),
+    Unserved(
+        "audio",
+        "an object",
+        _is_object,
+        lambda v: False,
+        "sluiceway answers with text only; audio must be null",
+    ),
+)
+"""The fields checked by :func:`refuse_unserved`, in the order they are checked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +209,7 @@ def parse_request(body: object) -> CompletionParams:
     if not isinstance(body, Mapping):
         raise InvalidRequestError("the request body must be a JSON object")
     check_fields(body, FIELDS)
+    refuse_unserved(body)
     raw = body.get("messages")
     if not isinstance(raw, list) or not raw:
         raise InvalidRequestError("messages: must be a non-empty array")
@@ -145,6 +240,18 @@ def parse_request(body: object) -> CompletionParams:
     return CompletionParams(request, bool(stream), bool(include_usage))
 
 
+def refuse_unserved(body: Mapping[str, object]) -> None:
+    """Refuse (400, naming the field) a value of :data:`UNSERVED` that sluiceway cannot honour."""
+    for field in UNSERVED:
+        value = body.get(field.name)
+        if value is None:
+            continue
+        if not field.is_kind(value):
+            raise InvalidRequestError(f"{field.name}: must be {field.kind}")
+        if not field.served(value):
+            raise InvalidRequestError(f"{field.name}: {field.why}")
+
+
 def _message(raw: object, where: str) -> Message:
     if not isinstance(raw, Mapping):
         raise InvalidRequestError(f"{where}: must be an object")
@@ -152,7 +259,11 @@ def _message(raw: object, where: str) -> Message:
     if not isinstance(role, str) or role not in ROLES:
         raise InvalidRequestError(f"{where}.role: must be one of system, developer, user, assistant")
     text = text_content(
-        raw.get("content"), f"{where}.content", noun="parts", index="{where}[{i}]", optional=True
+        raw.get("content"),
+        f"{where}.content",
+        noun="parts",
+        index="{where}[{i}]",
+        optional=role == "assistant",  # as OpenAI: an assistant turn may hold only tool calls
     )
     return make_message(ROLES[str(role)], text, where=where)
 

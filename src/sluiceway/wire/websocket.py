@@ -23,10 +23,11 @@ after any of them.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from sluiceway.errors import InvalidRequestError
 from sluiceway.events import ErrorEvent, Event, Finish, TextDelta, Usage
@@ -52,7 +53,7 @@ ClientFrame = Cancel | Turn
 def parse_frame(text: str) -> ClientFrame:
     """Read one client frame (raises ``InvalidRequestError`` naming what is wrong)."""
     try:
-        body = json.loads(text)
+        body = orjson.loads(text)
     except ValueError:
         raise InvalidRequestError("frames must be JSON objects") from None
     if not isinstance(body, Mapping):
@@ -76,6 +77,8 @@ def _request(body: Mapping[str, Any]) -> ChatRequest:
                 raise InvalidRequestError(f"messages[{i}]: must be an object")
             messages.append(make_message(item.get("role"), item.get("content"), where=f"messages[{i}]"))
     if body.get("message") is not None:
+        if not isinstance(body["message"], str):
+            raise InvalidRequestError("message: must be a string")
         messages.append(make_message("user", body["message"], where="message"))
     if not messages:
         raise InvalidRequestError("give 'message' (a string) or 'messages' (a non-empty list)")

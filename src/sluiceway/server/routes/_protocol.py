@@ -9,17 +9,17 @@ stream, and the hub cancels the generation as its disconnect policy says (as for
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.routing import APIRoute
 from starlette.responses import JSONResponse, Response
 
 from sluiceway.errors import InvalidRequestError
-from sluiceway.events import ErrorEvent, Finish, FinishReason, TextDelta, Usage
+from sluiceway.events import ErrorEvent, Finish, FinishReason, TextDelta, Usage, repaired_text
 from sluiceway.requests import ChatRequest
 from sluiceway.server.errors import ErrorShape, error_response
 from sluiceway.server.relay import collect
@@ -60,11 +60,38 @@ def install_protocol(
 
 
 async def read_json(http: Request) -> Any:
-    """The request body as JSON (raises ``InvalidRequestError`` for anything else)."""
+    """The request body as JSON (raises ``InvalidRequestError`` for anything else).
+
+    Parsed by ``orjson``, which refuses what the standard library lets through and nothing
+    downstream can encode again: escapes of lone surrogates (``"\\ud800"``), and nesting deeper
+    than 1,024 levels (``json.loads`` raises ``RecursionError`` there instead)."""
     try:
-        return json.loads(await http.body())
-    except ValueError:
-        raise InvalidRequestError("the request body must be JSON") from None
+        return orjson.loads(await http.body())
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(f"the request body must be JSON ({exc.msg})") from None
+
+
+class JSONRequest(Request):
+    """A request whose ``json()`` is parsed as :func:`read_json` parses (FastAPI reads bodies
+    through it); an error is ``orjson.JSONDecodeError``, a ``json.JSONDecodeError``, which FastAPI
+    answers as a validation error."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = orjson.loads(await self.body())
+        return self._json
+
+
+class JSONRoute(APIRoute):
+    """The route class of the routers that take JSON bodies: their requests are :class:`JSONRequest`."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            return await handler(JSONRequest(request.scope, request.receive))
+
+        return handle
 
 
 def resolve(state: AppState, request: ChatRequest) -> ChatRequest:
@@ -86,6 +113,8 @@ class Answer:
     usage: Usage
     finish: FinishReason
     error: ErrorEvent | None
+    stop_sequence: str | None = None
+    """The stop sequence that ended it, when the model said which."""
 
 
 def summarize(events: Batch) -> Answer:
@@ -93,6 +122,7 @@ def summarize(events: Batch) -> Answer:
     texts: list[str] = []
     usage = Usage(0, 0)
     finish: FinishReason = "stop"
+    stop_sequence: str | None = None
     error: ErrorEvent | None = None
     for _, event in events:
         match event:
@@ -103,8 +133,8 @@ def summarize(events: Batch) -> Answer:
             case ErrorEvent():
                 error = error or event
             case Finish(reason):
-                finish = reason
-    return Answer("".join(texts), usage, finish, error)
+                finish, stop_sequence = reason, event.stop_sequence
+    return Answer(repaired_text("".join(texts)), usage, finish, error, stop_sequence)
 
 
 async def complete(http: Request, stream: Stream) -> Answer | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from fastapi import APIRouter, FastAPI, Request
 from starlette.responses import Response
 
+from sluiceway.server.limits import InputNames
 from sluiceway.server.relay import start_stream, stream_response
 from sluiceway.server.routes._protocol import (
     answer_response,
@@ -20,6 +21,8 @@ from sluiceway.wire.anthropic import AnthropicEncoder, error_shape, message_body
 
 router = APIRouter()
 ERROR_PREFIXES = ("/v1/messages",)
+INPUT_NAMES = InputNames(message="messages.{i}.content", system="system")
+"""Input limits name Anthropic's fields: the ``system`` prompt is no message, ``messages.0`` the first."""
 
 
 def install(app: FastAPI) -> None:
@@ -36,10 +39,12 @@ async def messages(http: Request, state: StateDep) -> Response:
     """A ``message`` object, or with ``"stream": true`` the Messages event stream."""
     params = parse_request(await read_json(http))
     request = resolve(state, params.request)
-    stream = start_stream(state, request, protocol="anthropic")
+    stream = start_stream(state, request, protocol="anthropic", names=INPUT_NAMES)
     message_id = f"msg_{stream.stream_id}"
     if params.stream:
         return stream_response(http, state, stream, lambda s: AnthropicEncoder(message_id, request.model))
     return await answer_response(
-        http, stream, lambda a: message_body(message_id, request.model, a.text, a.usage, a.finish)
+        http,
+        stream,
+        lambda a: message_body(message_id, request.model, a.text, a.usage, a.finish, a.stop_sequence),
     )

@@ -1,17 +1,24 @@
-"""Liveness and the model list."""
+"""Liveness and the model list, in OpenAI's shape or, for a caller that sends ``anthropic-version``
+(the anthropic SDKs always do), in Anthropic's."""
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse
 
+from sluiceway.errors import UnknownModelError
 from sluiceway.server.auth import current_key
-from sluiceway.server.state import StateDep
+from sluiceway.server.state import AppState, StateDep
+from sluiceway.wire import anthropic as anthropic_wire
 
 router = APIRouter()
 _STARTED = int(time.time())
+_STARTED_AT = datetime.fromtimestamp(_STARTED, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+"""When the models were ``created``, for the lists: when this process started (RFC 3339 for Anthropic)."""
 
 
 @router.get("/healthz")
@@ -27,11 +34,38 @@ async def healthz(state: StateDep) -> dict[str, Any]:
 
 
 @router.get("/v1/models")
-async def list_models(state: StateDep) -> dict[str, Any]:
-    """The served models in OpenAI's list shape; the default model comes first.
+async def list_models(http: Request, state: StateDep) -> dict[str, Any]:
+    """The served models; the default model comes first.
 
-    A caller whose API key may use only some models sees only those.
+    A caller whose API key may use only some models sees only those. With an ``anthropic-version``
+    header the list takes Anthropic's shape (one page: ``has_more`` is false).
     """
+    names = served_models(state)
+    if _wants_anthropic(http):
+        return {
+            "data": [anthropic_model(name) for name in names],
+            "has_more": False,
+            "first_id": names[0] if names else None,
+            "last_id": names[-1] if names else None,
+        }
+    return {"object": "list", "data": [openai_model(state, name) for name in names]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, http: Request, state: StateDep) -> Any:
+    """One served model, as in the list; 404 for a model that is not served or that the caller's
+    API key may not use (OpenAI's ``model_not_found``, or Anthropic's ``not_found_error``)."""
+    anthropic = _wants_anthropic(http)
+    if model_id not in served_models(state):
+        error = UnknownModelError(f"the model {model_id!r} does not exist or you do not have access to it")
+        if anthropic:
+            return JSONResponse(anthropic_wire.error_body(error.code, error.message, 404), status_code=404)
+        raise error  # answered in OpenAI's shape, as every error under /v1/models
+    return anthropic_model(model_id) if anthropic else openai_model(state, model_id)
+
+
+def served_models(state: AppState) -> list[str]:
+    """The loaded models the caller's API key may use, in configuration order, the default first."""
     key = current_key()
     names = [
         n
@@ -41,15 +75,29 @@ async def list_models(state: StateDep) -> dict[str, Any]:
     if state.models.default in names:
         names.remove(state.models.default)
         names.insert(0, state.models.default)
+    return names
+
+
+def openai_model(state: AppState, name: str) -> dict[str, Any]:
+    """One model in OpenAI's shape (``owned_by``: its provider kind)."""
     return {
-        "object": "list",
-        "data": [
-            {
-                "id": name,
-                "object": "model",
-                "created": _STARTED,
-                "owned_by": state.models.configs[name].provider,
-            }
-            for name in names
-        ],
+        "id": name,
+        "object": "model",
+        "created": _STARTED,
+        "owned_by": state.models.configs[name].provider,
     }
+
+
+def anthropic_model(name: str) -> dict[str, Any]:
+    """One model in Anthropic's shape (the name is also its display name)."""
+    return {
+        "type": "model",
+        "id": name,
+        "display_name": name,
+        "created_at": _STARTED_AT,
+        "lifecycle": "active",
+    }
+
+
+def _wants_anthropic(http: Request) -> bool:
+    return "anthropic-version" in http.headers

@@ -12,12 +12,13 @@ from starlette.responses import Response
 from sluiceway.errors import InvalidRequestError
 from sluiceway.requests import Message, make_message, make_request
 from sluiceway.server.relay import parse_event_id, start_stream, stream_response
+from sluiceway.server.routes._protocol import JSONRoute
 from sluiceway.server.routes.conversations import HEADER, begin_turn, start_turn
 from sluiceway.server.routes.streams import resume_seed
 from sluiceway.server.state import StateDep
 from sluiceway.wire.seed import SeedEncoder
 
-router = APIRouter()
+router = APIRouter(route_class=JSONRoute)
 
 
 class ChatMessage(BaseModel):

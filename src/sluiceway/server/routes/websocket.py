@@ -18,7 +18,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from sluiceway.errors import InvalidRequestError, SluicewayError
 from sluiceway.server.auth import check_websocket
-from sluiceway.server.relay import start_stream
+from sluiceway.server.relay import repaired_event, start_stream
 from sluiceway.server.routes._protocol import resolve
 from sluiceway.server.state import AppState
 from sluiceway.streams.hub import Stream
@@ -105,7 +105,10 @@ class ChatSocket:
             async with contextlib.aclosing(stream.read()) as reader:
                 async for batch in reader:
                     for _, event in batch or ():
-                        frame = encoder.encode(event)
+                        try:
+                            frame = encoder.encode(event)
+                        except (TypeError, UnicodeError):  # a lone surrogate: sent repaired
+                            frame = encoder.encode(repaired_event(event))
                         if frame is not None:
                             await self.send(frame)
 
