@@ -15,7 +15,7 @@ The tree::
     ├── UpstreamAuthError          upstream_auth          502
     ├── UpstreamUnavailableError   upstream_unavailable   503  (retryable)
     ├── UpstreamTimeoutError       upstream_timeout       504  (retryable)
-    ├── UpstreamError              upstream_error         502  (retryable)
+    ├── UpstreamError              upstream_error         502  (retryable unless the upstream refused: 4xx)
     ├── OverloadedError            overloaded             429  (retry_after)
     ├── ShuttingDownError          shutting_down          503  (retryable)
     ├── StoreUnavailableError      store_unavailable      503  (retryable)
@@ -117,11 +117,18 @@ class UpstreamTimeoutError(SluicewayError):
 
 
 class UpstreamError(SluicewayError):
-    """The upstream failed (5xx or a malformed answer)."""
+    """The upstream failed (5xx or a malformed answer), or refused the request (another 4xx:
+    ``retryable=False``, since the same request would be refused again)."""
 
     code = "upstream_error"
     status = 502
-    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, retryable: bool = True) -> None:
+        super().__init__(message, retry_after=retry_after)
+        self.refused = not retryable
+
+    def to_event(self) -> ErrorEvent:
+        return ErrorEvent(self.code, self.message, not self.refused, self.retry_after)
 
 
 class OverloadedError(SluicewayError):

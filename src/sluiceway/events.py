@@ -18,8 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
-FinishReason: TypeAlias = Literal["stop", "length", "cancelled", "error"]
-FINISH_REASONS: tuple[FinishReason, ...] = ("stop", "length", "cancelled", "error")
+FinishReason: TypeAlias = Literal["stop", "length", "cancelled", "error", "content_filter"]
+FINISH_REASONS: tuple[FinishReason, ...] = ("stop", "length", "cancelled", "error", "content_filter")
 
 
 @dataclass(frozen=True, slots=True)

@@ -153,12 +153,26 @@ def test_pings_that_arrive_on_their_own_are_not_blamed_on_a_proxy() -> None:
     assert overdue.status == "fail" and "held back" in overdue.detail  # 3 s without a ping: held back
 
 
+def test_the_servers_heartbeat_s_is_the_measure_when_healthz_tells_it() -> None:
+    times = [1.0, 2.0, 3.0]
+    held = observation(times, [0.5, 2.5, 3.0], [2.5, 2.5], 1.0)  # 2 s quiet, then pings with data
+    assert check_heartbeats(held, wait=20.0).status == "ok"  # not told: within the wait, pings came
+    told = check_heartbeats(held, wait=20.0, heartbeat_s=0.5)  # told: pings were due after 0.5 s
+    assert told.status == "fail" and "heartbeat_s = 0.5 s" in told.detail and "held back" in told.detail
+    assert check_heartbeats(held, wait=20.0, heartbeat_s=5.0).status == "ok"
+    off = check_heartbeats(observation(times, times, [], 1.0), wait=0.5, heartbeat_s=0)
+    assert off.status == "skip" and "heartbeat_s = 0" in off.detail
+
+
 def test_a_wait_shorter_than_the_servers_heartbeat_warns(
     paced: LiveServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = ["--model", "echo-paced", "--words", "4", "--heartbeat-wait", "0.03", "--json"]
     code, checks = doctor(capsys, paced.url, *args)
     assert code == 0 and checks["heartbeats"].status == "warn", checks
+    assert (
+        "heartbeat_s = 0.05 s of silence (its /healthz)" in checks["heartbeats"].detail
+    )  # told, not guessed
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:abc", "http://[::1", "http://256.1.1.1"])

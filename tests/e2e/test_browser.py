@@ -411,6 +411,21 @@ def test_reload_mid_answer_shows_the_full_answer(open_page: Callable[..., Page])
     assert page.evaluate("sessionStorage.getItem('sluiceway.active')") is None
 
 
+def test_stopping_a_resumed_answer_shows_the_live_rate_not_the_replays(
+    open_page: Callable[..., Page],
+) -> None:
+    chat = open_page()
+    page = chat.open()
+    chat.send(LONG, model="echo-slow")  # 20 tokens/s at most (50 ms before each)
+    chat.wait_text("t.length > 250")  # ~40 tokens, replayed at once after the reload
+    page.reload()  # the page is "ready" only once the resumed answer ends: wait for the words instead
+    chat.wait_text("t.length > 480")  # ~30 tokens more, live
+    page.click("#stop")
+    answer = chat.wait_state("stopped")
+    rate = float(answer.get_attribute("data-tokens-per-s") or "nan")
+    assert 12 <= rate <= 21, answer.locator(".stats").inner_text()
+
+
 def test_a_network_drop_mid_answer_is_resumed(browser: Any, srv: LiveServer) -> None:
     proxy = CuttableProxy(int(srv.url.rsplit(":", 1)[1]))
     chat = Page(browser, proxy.url)

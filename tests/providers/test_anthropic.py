@@ -129,12 +129,14 @@ async def test_stop_sequence_finishes_with_stop_and_the_matched_sequence(
     ]
 
 
-@pytest.mark.parametrize("upstream_reason", ["refusal", "pause_turn"])
-async def test_other_stop_reasons_map_to_stop(
-    provider: Provider, anthropic_upstream: AnthropicUpstream, upstream_reason: str
+@pytest.mark.parametrize(
+    ("upstream_reason", "reason"), [("refusal", "content_filter"), ("pause_turn", "stop")]
+)
+async def test_other_stop_reasons_map_to_stop_but_a_refusal_says_so(
+    provider: Provider, anthropic_upstream: AnthropicUpstream, upstream_reason: str, reason: str
 ) -> None:
     anthropic_upstream.script = Script(finish_reason=upstream_reason)
-    assert (await collect(provider))[-1] == Finish("stop")
+    assert (await collect(provider))[-1] == Finish(reason)  # type: ignore[arg-type]
 
 
 async def test_unset_key_variable_fails_before_calling_upstream(

@@ -79,35 +79,36 @@ def test_utf8_decoder_survives_every_split_point() -> None:
 
 
 @pytest.mark.parametrize(
-    ("stops", "pieces", "shown", "stopped"),
+    ("stops", "pieces", "shown", "matched"),
     [
-        ((), ["a", "b"], ["a", "b"], False),
-        (("END",), ["hello ", "world"], ["hello ", "world"], False),
-        (("END",), ["ab", "E", "N", "D", "x"], ["ab", "", "", ""], True),
-        (("END",), ["abE", "Nope"], ["ab", "ENope"], False),
-        (("END",), ["xxENDyy"], ["xx"], True),
-        (("\n\n", "##"), ["a\n", "#", "#b"], ["a", "\n", ""], True),
-        (("##", "#x"), ["q#", "x"], ["q", ""], True),
-        (("",), ["a"], ["a"], False),
+        ((), ["a", "b"], ["a", "b"], None),
+        (("END",), ["hello ", "world"], ["hello ", "world"], None),
+        (("END",), ["ab", "E", "N", "D", "x"], ["ab", "", "", ""], "END"),
+        (("END",), ["abE", "Nope"], ["ab", "ENope"], None),
+        (("END",), ["xxENDyy"], ["xx"], "END"),
+        (("\n\n", "##"), ["a\n", "#", "#b"], ["a", "\n", ""], "##"),
+        (("##", "#x"), ["q#", "x"], ["q", ""], "#x"),
+        (("b", "ab", "abc"), ["xabcd"], ["x"], "ab"),  # the earliest place, then the shorter
+        (("",), ["a"], ["a"], None),
     ],
 )
-def test_stop_matcher_cuts_at_first_stop(
-    stops: tuple[str, ...], pieces: list[str], shown: list[str], stopped: bool
+def test_stop_matcher_cuts_at_first_stop_and_names_it(
+    stops: tuple[str, ...], pieces: list[str], shown: list[str], matched: str | None
 ) -> None:
     matcher = StopMatcher(stops)
     results = []
     for piece in pieces:
         text, hit = matcher.feed(piece)
         results.append(text)
-        if hit:
+        if hit is not None:
             break
     assert results == shown
-    assert hit is stopped
+    assert hit == matched
 
 
 def test_stop_matcher_flush_releases_held_text() -> None:
     matcher = StopMatcher(["STOP"])
-    assert matcher.feed("to ST") == ("to ", False)
+    assert matcher.feed("to ST") == ("to ", None)
     assert matcher.flush() == "ST"
 
 
@@ -260,11 +261,13 @@ async def test_max_tokens_finishes_with_length(provider: LocalProvider) -> None:
 
 
 @local
-async def test_stop_string_ends_the_answer_before_it(provider: LocalProvider) -> None:
-    request = ask("Count from 1 to 10, separated by commas.", max_tokens=40, temperature=0, stop=", 4")
+async def test_stop_string_ends_the_answer_before_it_and_is_named(provider: LocalProvider) -> None:
+    request = ask(
+        "Count from 1 to 10, separated by commas.", max_tokens=40, temperature=0, stop=[", 4", "11"]
+    )
     events = await collect(provider.stream(request))
     assert texts(events) == "1, 2, 3"
-    assert events[-1] == Finish("stop")
+    assert events[-1] == Finish("stop", stop_sequence=", 4")
 
 
 @local

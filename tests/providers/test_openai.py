@@ -94,12 +94,14 @@ async def test_max_tokens_cut_finishes_with_length(
     assert events == [TextDelta("one "), TextDelta("two "), Usage(6, 2), Finish("length")]
 
 
-@pytest.mark.parametrize("upstream_reason", ["content_filter", "tool_calls"])
-async def test_other_finish_reasons_map_to_stop(
-    provider: Provider, openai_upstream: OpenAIUpstream, upstream_reason: str
+@pytest.mark.parametrize(
+    ("upstream_reason", "reason"), [("content_filter", "content_filter"), ("tool_calls", "stop")]
+)
+async def test_other_finish_reasons_map_to_stop_but_a_filtered_answer_says_so(
+    provider: Provider, openai_upstream: OpenAIUpstream, upstream_reason: str, reason: str
 ) -> None:
     openai_upstream.script = Script(finish_reason=upstream_reason)
-    assert (await collect(provider))[-1] == Finish("stop")
+    assert (await collect(provider))[-1] == Finish(reason)  # type: ignore[arg-type]
 
 
 async def test_servers_without_stream_options_just_lose_usage(

@@ -1,11 +1,22 @@
 from __future__ import annotations
 
+from importlib.metadata import EntryPoint
+
 import pytest
 
 from sluiceway.errors import InvalidRequestError
-from sluiceway.providers.base import ModelConfig, Option, Provider, ProviderConfigError, options_check
+from sluiceway.providers import registry as registry_module
+from sluiceway.providers.base import (
+    ModelConfig,
+    Option,
+    Provider,
+    ProviderConfigError,
+    declared_options,
+    declares_options,
+    options_check,
+)
 from sluiceway.providers.echo import EchoProvider
-from sluiceway.providers.registry import ProviderRegistry
+from sluiceway.providers.registry import BUILTIN_CHECKS, GROUP, ProviderRegistry
 
 
 def test_builtins_are_entry_points() -> None:
@@ -94,3 +105,42 @@ def test_a_factorys_value_error_names_the_model() -> None:
     registry.register("fussy", fussy)
     with pytest.raises(ProviderConfigError, match=r"^models\.f: could not convert"):
         registry.create(ModelConfig("f", "fussy"))
+
+
+def test_builtin_kinds_declare_their_options_beside_their_factories() -> None:
+    from sluiceway.providers import echo, local
+
+    assert declared_options(echo.create) is echo.OPTIONS
+    assert declared_options(local.create) is local.check_options
+    assert not {"echo", "local"} & set(BUILTIN_CHECKS)
+
+
+def test_a_plug_in_factory_declares_its_options() -> None:
+    @declares_options(options_check({"level": Option("count")}))
+    def strict(config: ModelConfig) -> Provider:
+        return EchoProvider()
+
+    registry = ProviderRegistry()
+    registry.register("strict", strict)
+    registry.check(ModelConfig("s", "strict", options={"level": 2}))
+    with pytest.raises(ProviderConfigError, match=r"models\.s\.level: must be a whole number >= 0"):
+        registry.check(ModelConfig("s", "strict", options={"level": -1}))
+    registry.register("strict", strict, options_check({}))  # an explicit check wins
+    with pytest.raises(ProviderConfigError, match=r"models\.s\.level: unknown option"):
+        registry.check(ModelConfig("s", "strict", options={"level": 2}))
+
+
+def test_an_entry_points_declared_options_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    installed = [
+        EntryPoint("parrot", "sluiceway.providers.echo:create", GROUP),
+        EntryPoint("broken", "sluiceway_no_such_plugin:create", GROUP),
+    ]
+    monkeypatch.setattr(registry_module, "entry_points", lambda group: installed)
+    registry = ProviderRegistry.from_entry_points()
+    with pytest.raises(
+        ProviderConfigError, match=r"models\.p\.delay_m: unknown option for provider 'parrot'"
+    ):
+        registry.check(ModelConfig("p", "parrot", options={"delay_m": 5}))
+    registry.check(ModelConfig("b", "broken", options={"any": 1}))  # cannot be imported: not checked
+    with pytest.raises(ImportError):  # ... and cannot be created (the model is unavailable)
+        registry.create(ModelConfig("b", "broken"))

@@ -107,6 +107,29 @@ def test_bad_keys_are_refused_naming_the_entry(raw: object, message: str) -> Non
     assert message in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("line", "shown"),
+    [
+        ("rpm = true", "got True"),
+        ("rpm = -5", "got -5"),
+        ("max_concurrent = 2.5", "got 2.5"),
+        ("tokens_per_day = 1e6", "got 1000000.0"),
+        ('max_concurrent = "4"', "got '4'"),
+        ("tokens_per_day = 0", "got 0"),
+    ],
+)
+def test_limits_in_a_keys_table_must_be_whole_numbers_of_at_least_one(
+    tmp_path: Path, line: str, shown: str
+) -> None:
+    config = tmp_path / "sluiceway.toml"
+    config.write_text(f'[[api_keys]]\nkey = "{KEY}"\n{line}\n')
+    field = line.partition(" =")[0]
+    with pytest.raises(ConfigError) as info:
+        load_settings(config, env={})
+    rule = "must be a positive integer (leave it out for no limit)"
+    assert str(info.value) == f"config api_keys: api_keys[0].{field}: {rule}, {shown}"
+
+
 def test_keys_from_toml_tables_and_from_the_environment(tmp_path: Path) -> None:
     config = tmp_path / "sluiceway.toml"
     config.write_text(f'[[api_keys]]\nkey = "{KEY}"\nname = "alice"\nrpm = 10\n')
@@ -210,6 +233,18 @@ def test_the_model_list_needs_a_key_and_health_does_not(srv: LiveServer) -> None
     assert httpx.get(srv.url + "/v1/models").status_code == 401
     assert httpx.get(srv.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
     assert httpx.get(srv.url + "/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/models/echo"])
+def test_the_model_list_answers_401_in_the_shape_of_its_caller(srv: LiveServer, path: str) -> None:
+    anthropic_caller = httpx.get(
+        srv.url + path, headers={"anthropic-version": "2023-06-01", "x-api-key": WRONG}
+    )
+    assert anthropic_caller.status_code == 401 and anthropic_caller.headers["www-authenticate"] == "Bearer"
+    body = anthropic_caller.json()
+    assert body == {"type": "error", "error": {"type": "authentication_error", "message": "invalid API key"}}
+    openai_caller = httpx.get(srv.url + path).json()["error"]
+    assert openai_caller["code"] == "invalid_api_key" and "missing API key" in openai_caller["message"]
 
 
 def test_the_openai_sdk_sees_an_authentication_error(srv: LiveServer) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
+import pytest
 from fastapi import FastAPI
 
 from sluiceway.events import Finish
@@ -88,12 +90,15 @@ async def test_http_disconnect_cancels_upstream() -> None:
         assert state.hub.active == 0
 
 
-async def test_a_client_gone_before_the_first_token_cancels_it_without_waiting_for_a_heartbeat() -> None:
+async def test_a_client_gone_before_the_first_token_cancels_it_without_waiting_for_a_heartbeat(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     settings = make_settings(
         models={"slow": ModelConfig("slow", "echo", options={"delay_ms": 3000})},
         disconnect_grace_s=0,
         heartbeat_s=30,
     )
+    caplog.set_level(logging.INFO, logger="sluiceway.requests")
     app = create_app(settings)
     client = Client(app, {"message": "one two", "model": "slow"})
     async with app.router.lifespan_context(app):
@@ -108,3 +113,5 @@ async def test_a_client_gone_before_the_first_token_cancels_it_without_waiting_f
         assert (await _ended(stream)).reason == "cancelled"
         assert stream.meter.deltas == 0 and client.sent == []  # nothing was sent: nobody to send it to
         assert state.hub.active == 0
+    lines = [r.request for r in caplog.records if r.name == "sluiceway.requests"]  # type: ignore[attr-defined]
+    assert [(line["status"], line["stream_id"]) for line in lines] == [(499, stream.stream_id)]

@@ -21,19 +21,9 @@ from sluiceway.server.app import create_app
 from sluiceway.wire.sse import ServerSentEvent, SSEDecoder
 from tests.live import LiveServer, live_server, make_settings
 from tests.streams.providers import Probe, Script, registry_with
-from tests.streams.redis_server import RedisServer
 
 WORDS = " ".join(f"w{i}" for i in range(60))
 Serve = Callable[..., AbstractContextManager[LiveServer]]
-
-
-@pytest.fixture(params=["memory", "redis"])
-def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Settings overrides that choose the stream backend."""
-    if request.param == "memory":
-        return {}
-    server: RedisServer = request.getfixturevalue("redis_srv")
-    return {"redis_url": server.url}
 
 
 @pytest.fixture

@@ -32,6 +32,16 @@ def get(srv: LiveServer, path: str, key: str = KEY, **headers: str) -> httpx.Res
 def test_healthz_needs_no_key(srv: LiveServer) -> None:
     body = httpx.get(srv.url + "/healthz").json()
     assert body["status"] == "ok" and body["default_model"] == "echo"
+    assert body["heartbeat_s"] == srv.state.settings.heartbeat_s == 15.0  # for sluiceway doctor
+
+
+def test_healthz_answers_head_for_monitors(srv: LiveServer) -> None:
+    head, get = httpx.head(srv.url + "/healthz"), httpx.get(srv.url + "/healthz")
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == "application/json"
+    assert head.headers["content-length"] == get.headers["content-length"]
+    assert "/healthz" in httpx.get(srv.url + "/openapi.json").json()["paths"]  # documented once, as GET
+    assert set(httpx.get(srv.url + "/openapi.json").json()["paths"]["/healthz"]) == {"get"}
 
 
 def test_the_openai_list_puts_the_default_first(srv: LiveServer) -> None:

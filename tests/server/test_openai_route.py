@@ -176,6 +176,7 @@ def test_non_stream_failure_is_an_http_error(srv: LiveServer) -> None:
     r = httpx.post(srv.url + URL, json=ask("a b c d e") | {"model": "echo-fail"})
     assert r.status_code == 502
     assert r.json()["error"]["code"] == "upstream_error"
+    assert r.headers["x-stream-id"]  # which stream failed: in the request log and for the client
 
 
 def test_stream_disconnect_cancels_generation(srv: LiveServer) -> None:

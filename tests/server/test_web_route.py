@@ -59,6 +59,15 @@ def test_page_is_served_with_a_strict_csp(server: LiveServer) -> None:
     assert r.headers["referrer-policy"] == "no-referrer"
 
 
+@pytest.mark.parametrize("path", ["/", "/static/app.js", "/sluiceway.js", "/vendor/marked.esm.js"])
+def test_head_answers_like_get_without_the_body(server: LiveServer, path: str) -> None:
+    head, get = httpx.head(server.url + path), httpx.get(server.url + path)
+    assert (head.status_code, get.status_code) == (200, 200) and head.content == b""
+    for name in ("content-type", "content-length", "etag", "content-security-policy"):
+        assert head.headers.get(name) == get.headers.get(name), name
+    assert httpx.head(f"{server.url}/static/nope.js").status_code == 404
+
+
 def test_page_has_no_inline_script_handler_or_style() -> None:
     parser = _Tags()
     parser.feed((WEB / "index.html").read_text())

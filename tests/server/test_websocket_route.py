@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
@@ -86,3 +87,17 @@ def test_cancel_after_the_turn_ended_changes_nothing(ws: ClientConnection) -> No
     frames = [receive(ws) for _ in range(4)]
     assert [f["type"] for f in frames] == ["start", "chunk", "chunk", "done"]
     assert frames[-1]["finish_reason"] == "length"
+
+
+def test_a_turn_over_the_limits_says_when_to_retry_as_the_http_429_does() -> None:
+    with protocol_server(max_concurrent=1) as srv:
+        url = srv.url.replace("http://", "ws://") + "/ws/chat"
+        with connect(url) as busy, connect(url) as refused:
+            busy.send(json.dumps({"message": LONG, "model": "echo-slow"}))
+            assert receive(busy)["type"] == "start"
+            refused.send(json.dumps({"message": "x"}))
+            frame = receive(refused)
+            http = httpx.post(f"{srv.url}/chat/stream", json={"message": "x"})
+    assert http.status_code == 429 and http.headers["retry-after"] == "1"
+    assert frame["type"] == "error" and frame["code"] == "overloaded"
+    assert frame["retryable"] is True and frame["retry_after"] == 1.0

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sluiceway.errors import error_from_code
+from sluiceway.errors import UpstreamError, error_from_code
 from sluiceway.events import Event, Finish, TextDelta, Usage
 from sluiceway.providers.base import ModelConfig, Provider
 from sluiceway.providers.echo import split_words
@@ -73,7 +73,8 @@ class CountingProvider:
 @dataclass
 class Script:
     """Steps for ``scripted`` models by name: ``("text", s)``, ``("sleep", s)``, ``("fail", code,
-    retry_after)``; a list of scripts is played one per attempt (the last one repeats)."""
+    retry_after)``, ``("refuse",)`` (the upstream's 4xx refusal of the request); a list of scripts is
+    played one per attempt (the last one repeats)."""
 
     plays: dict[str, list[list[tuple[Any, ...]]]] = field(default_factory=dict)
     attempts: dict[str, list[float]] = field(default_factory=dict)
@@ -103,6 +104,8 @@ class ScriptedProvider:
                     await asyncio.sleep(step[1])
                 elif step[0] == "fail":
                     raise error_from_code(step[1], f"scripted {step[1]}", step[2] if len(step) > 2 else None)
+                elif step[0] == "refuse":
+                    raise UpstreamError("scripted refusal: HTTP 404", retryable=False)
         except asyncio.CancelledError:
             self.script.cancelled.append(self.name)
             raise

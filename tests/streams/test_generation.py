@@ -142,6 +142,16 @@ async def test_a_failure_that_is_not_retryable_goes_straight_to_the_client() -> 
     assert len(script.attempts["main"]) == 1 and "second" not in script.attempts
 
 
+async def test_a_request_the_upstream_refused_is_not_sent_again_but_the_fallback_is_tried() -> None:
+    plays = {"main": [[("refuse",)]], "second": [[("text", "other")]]}
+    events, meter, script = await run(plays, fallbacks=("second",))
+    assert len(script.attempts["main"]) == 1  # no retry: a 404 or a 400 comes back the same
+    assert text(events) == "other" and meter.model == "second"
+    events, _, script = await run({"main": [[("refuse",)]]})
+    error = error_of(events)
+    assert error.code == "upstream_error" and not error.retryable and len(script.attempts["main"]) == 1
+
+
 async def test_when_every_candidate_fails_the_last_error_is_reported() -> None:
     plays = {"main": [[("fail", "upstream_unavailable")]], "second": [[("fail", "rate_limited", 0.01)]]}
     events, _, _ = await run(plays, fallbacks=("second",), retry=RetryPolicy(retries=0))

@@ -208,6 +208,27 @@ async def test_appending_after_the_finish_is_a_bug(make_log: MakeLog) -> None:
         await log.append(TextDelta("late"))
 
 
+async def test_logged_seq_is_the_newest_event_even_after_trimming(make_log: MakeLog) -> None:
+    log = make_log(max_bytes=EVENT_OVERHEAD * 4 + 40)
+    assert await log.logged_seq() == 0
+    seqs = await fill(log, words(20))
+    assert await log.logged_seq() == seqs[-1] == 23
+
+
+async def test_a_redis_reader_knows_the_newest_entry_once_there_is_one(redis_srv: RedisServer) -> None:
+    client = aioredis.from_url(redis_srv.url)
+    stream_id = secrets.token_hex(4)
+    writer = RedisStreamLog(client, stream_id, prefix="x:", meta={"owner": "a", "model": "m"}, max_bytes=400)
+    reader = RedisStreamLog(client, stream_id, prefix="x:")
+    try:
+        await writer.open()
+        assert await reader.logged_seq() is None  # nothing written, or expired: it cannot tell
+        await fill(writer, words(20))
+        assert await reader.logged_seq() == 23  # trimmed from the front, never the newest
+    finally:
+        await client.aclose()
+
+
 async def test_a_redis_reader_in_another_process_sees_the_writer(redis_srv: RedisServer) -> None:
     writer_client, reader_client = aioredis.from_url(redis_srv.url), aioredis.from_url(redis_srv.url)
     stream_id = secrets.token_hex(4)

@@ -61,6 +61,10 @@ def finish(reason: str, usage: str) -> bytes:
         ),
         ([Finish("stop")], START + finish("stop", '{"inputTokens":0,"outputTokens":0}') + DONE),
         (
+            [Finish("content_filter")],
+            START + finish("content-filter", '{"inputTokens":0,"outputTokens":0}') + DONE,
+        ),
+        (
             [TextDelta("a"), ErrorEvent("upstream_error", "boom", True), Finish("error")],
             START
             + TEXT_START

@@ -244,6 +244,7 @@ def test_message_body_with_the_stop_sequence_that_ended_it() -> None:
         ("length", None, {"stop_reason": "max_tokens", "stop_sequence": None}),
         ("length", "END", {"stop_reason": "max_tokens", "stop_sequence": None}),
         ("cancelled", "END", {"stop_reason": "end_turn", "stop_sequence": None}),
+        ("content_filter", None, {"stop_reason": "refusal", "stop_sequence": None}),
     ],
 )
 def test_stop_delta(finish: FinishReason, stop_sequence: str | None, expected: dict[str, object]) -> None:

@@ -59,6 +59,11 @@ def encode(events: list[Event], **kwargs: Any) -> bytes:
             b"data: [DONE]\n\n",
         ),
         (
+            [Finish("content_filter")],
+            HEAD + b'[{"index":0,"delta":{"role":"assistant"},"logprobs":null,'
+            b'"finish_reason":"content_filter"}]}\n\ndata: [DONE]\n\n',
+        ),
+        (
             [ErrorEvent("upstream_error", "boom", retryable=True), Finish("error")],
             b'data: {"error":{"message":"boom","type":"server_error","param":null,'
             b'"code":"upstream_error"}}\n\n'

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from sluiceway.errors import InvalidRequestError
+from sluiceway.errors import InvalidRequestError, OverloadedError
 from sluiceway.events import ErrorEvent, Event, Finish, TextDelta, Usage
 from sluiceway.requests import Message
 from sluiceway.wire.websocket import Cancel, Turn, WebSocketEncoder, error_frame, parse_frame
@@ -56,10 +56,21 @@ def test_start_frame_names_stream_and_model() -> None:
 
 
 def test_error_frame() -> None:
-    assert json.loads(error_frame("invalid_request", "no")) == {
+    assert json.loads(error_frame(ErrorEvent("invalid_request", "no"))) == {
         "type": "error",
         "code": "invalid_request",
         "message": "no",
+    }
+
+
+def test_an_error_frame_carries_the_errors_retry_hints() -> None:
+    refused = OverloadedError("busy", retry_after=1.0).to_event()
+    assert json.loads(error_frame(refused)) == {
+        "type": "error",
+        "code": "overloaded",
+        "message": "busy",
+        "retryable": True,
+        "retry_after": 1.0,
     }
 
 

@@ -6,9 +6,10 @@ to produce the chunks (``(tokens - 1) / tokens_per_s``); if they reach us in a s
 time, or in a few bursts, something between us buffers. No special request field is needed: the
 pace comes from the model, so point ``--model`` at a slow one (``serve --echo-delay-ms 50``, or a
 ``[models.NAME] provider = "echo"`` with ``delay_ms``); with a fast model the check says it cannot
-tell. Heartbeats are judged on the same stream: the server pings after ``heartbeat_s`` of silence, so
-a ping means they get through, and a silence longer than ``--heartbeat-wait`` without one means they
-do not. Resume is checked by reading the finished stream again after its middle event.
+tell. Heartbeats are judged on the same stream: the server pings after ``heartbeat_s`` of silence
+(which ``/healthz`` publishes), so a ping means they get through, and a silence well past
+``heartbeat_s`` (or, from a server that does not say, longer than ``--heartbeat-wait``) without one
+means they do not. Resume is checked by reading the finished stream again after its middle event.
 """
 
 from __future__ import annotations
@@ -166,38 +167,59 @@ def check_incremental(seen: Observation) -> Check:
 def check_heartbeats(seen: Observation, wait: float, heartbeat_s: float | None = None) -> Check:
     """Do ``: ping`` comments reach us while the stream is quiet?
 
-    A silence longer than ``wait`` is the proxy's fault only if pings were due in it: pings that
-    arrive on their own (a read with no data) got through, so a long silence then means the server
-    pings less often than ``wait`` (its ``heartbeat_s``, if ``/healthz`` tells, or the silence
+    When ``/healthz`` tells the server's ``heartbeat_s``, that is the measure: a silence longer than
+    about one and a half of it means a ping was due and did not come (held back), whatever
+    ``wait``; ``0`` means the server sends none. Otherwise a silence longer than ``wait`` is the
+    proxy's fault only if pings were due in it: pings that arrive on their own (a read with no data)
+    got through, so a long silence then means the server pings less often than ``wait`` (the silence
     before those pings), not that something holds them back, as long as no ping was overdue."""
     name = "heartbeats"
     silence = seen.longest_silence()
-    if silence >= wait:
-        interval = heartbeat_s or (min(gap for _, gap in seen.lone_pings) if seen.lone_pings else None)
-        if interval is not None and silence <= interval * 1.5 + 0.2:  # no ping was overdue
+    if heartbeat_s == 0:
+        return Check(
+            name,
+            "skip",
+            "the server sends no heartbeats (its /healthz says heartbeat_s = 0)",
+            "set heartbeat_s (e.g. 15) so that proxies do not time out quiet streams",
+        )
+    told = heartbeat_s is not None
+    interval = heartbeat_s or (min(gap for _, gap in seen.lone_pings) if seen.lone_pings else None)
+    overdue = interval is not None and silence > interval * 1.5 + 0.2
+    if silence >= wait or (told and overdue):
+        if interval is not None and not overdue:
+            pace = (
+                f"the server pings after heartbeat_s = {interval:g} s of silence (its /healthz)"
+                if told
+                else f"the server pings only after about {interval:.2f} s of silence"
+            )
             return Check(
                 name,
                 "warn",
-                f"silent for {silence:.2f} s (more than --heartbeat-wait {wait:g} s), but the server pings "
-                f"only after about {interval:.2f} s of silence"
+                f"silent for {silence:.2f} s (more than --heartbeat-wait {wait:g} s), but {pace}"
                 + (f" and {len(seen.lone_pings)} pings arrived on their own" if seen.lone_pings else ""),
                 f"pass a --heartbeat-wait above the server's heartbeat_s (e.g. {interval * 1.5 + 0.1:.1f})",
             )
         held = f" ({len(seen.pings)} pings came late, held back with the data)" if seen.pings else ""
+        limit = (
+            f" without a ping, though the server pings after heartbeat_s = {interval:g} s of silence"
+            if told
+            else f" (more than --heartbeat-wait {wait:g} s) without a ping"
+        )
         return Check(
             name,
             "fail",
-            f"silent for {silence:.2f} s (more than --heartbeat-wait {wait:g} s) without a ping{held}",
+            f"silent for {silence:.2f} s{limit}{held}",
             "pings are held back with the data: " + BUFFERING_FIX + " Keep the proxy's read timeout "
             "(nginx proxy_read_timeout, default 60 s) above the server's heartbeat_s.",
         )
     if seen.pings:
         return Check(name, "ok", f"{len(seen.pings)} pings arrived; longest silence {silence:.2f} s")
+    after = f"its heartbeat_s ({heartbeat_s:g} s)" if told else "heartbeat_s"
     return Check(
         name,
         "skip",
         f"no ping, but the stream was never quiet for long (longest silence {silence:.2f} s); the server "
-        "pings only after heartbeat_s of silence",
+        f"pings only after {after} of silence",
         "to test, use a model whose per-token delay exceeds the server's heartbeat_s",
     )
 
@@ -250,8 +272,8 @@ def diagnose(
         except SluicewayError as exc:
             return [Check("reachable", "fail", f"GET {url}/healthz failed: {exc}", "is the server running?")]
         checks = [Check("reachable", "ok", f"server up; models: {', '.join(health.get('models', []))}")]
-        heartbeat_s = health.get("heartbeat_s")  # if the server tells its interval
-        if isinstance(heartbeat_s, bool) or not isinstance(heartbeat_s, int | float) or heartbeat_s <= 0:
+        heartbeat_s = health.get("heartbeat_s")  # an older server does not tell: inferred then
+        if isinstance(heartbeat_s, bool) or not isinstance(heartbeat_s, int | float) or heartbeat_s < 0:
             heartbeat_s = None
         try:
             seen = observe(http, model, words, timeout)

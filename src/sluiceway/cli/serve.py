@@ -182,8 +182,7 @@ def load_problem(settings: Settings, models: ModelSet) -> str | None:
     default = settings.default_model
     if settings.is_explicit("model_path") and "local" in models.unavailable:
         return f"model_path: model local cannot load: {models.unavailable['local']}"
-    chosen = settings.is_explicit("default_model") or settings.is_explicit(f"models.{default}")
-    if chosen and default in models.unavailable:
+    if settings.default_chosen() and default in models.unavailable:
         return f"default_model: the default model {default} cannot load: {models.unavailable[default]}"
     return None
 

@@ -6,7 +6,8 @@ vendor::
 
     429                         RateLimitedError          retry_after from retry-after-ms / retry-after
     401, 403                    UpstreamAuthError
-    other 4xx, 5xx              UpstreamError             (retry_after kept when the upstream sent one)
+    408, 409, 425, 5xx          UpstreamError             (retry_after kept when the upstream sent one)
+    other 4xx                   UpstreamError             not retryable: the same request is refused again
     an error event mid-stream   UpstreamError
     connect failure             UpstreamUnavailableError
     timeout                     UpstreamTimeoutError
@@ -15,7 +16,8 @@ vendor::
 Messages are written here from the status and the upstream's own ``error.message``; the SDKs'
 exception texts are never reused (they may carry request details). Every message passes through
 :func:`redact`, which removes the API key and anything shaped like a vendor key, because upstreams
-do echo keys back ("Incorrect API key provided: sk-...").
+do echo keys back ("Incorrect API key provided: sk-..."); it is shortened only after that, so a cut
+never leaves part of a key behind.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ from sluiceway.errors import (
 
 REDACTED = "[redacted]"
 _MAX_UPSTREAM_MESSAGE = 300
+"""Characters of the upstream's own message kept in an error (counted after redaction)."""
+_TRANSIENT_4XX = frozenset({408, 409, 425})
+"""Client-error statuses that may pass if the request is sent again (timeout, conflict, too early)."""
 _KEY_SHAPED = re.compile(r"\bsk-[A-Za-z0-9_\-*.]{6,}")
 
 TRANSPORT_ERRORS: tuple[type[Exception], ...] = (httpx2.TransportError, json.JSONDecodeError)
@@ -65,8 +70,14 @@ def upstream_message(body: object) -> str | None:
     if isinstance(inner, Mapping):
         inner = inner.get("message")
     if isinstance(inner, str) and inner.strip():
-        return " ".join(inner.split())[:_MAX_UPSTREAM_MESSAGE]
+        return " ".join(inner.split())
     return None
+
+
+def _detail(body: object, secret: str | None) -> str | None:
+    """The upstream's message, redacted, then cut to :data:`_MAX_UPSTREAM_MESSAGE` characters."""
+    message = upstream_message(body)
+    return None if message is None else redact(message, secret)[:_MAX_UPSTREAM_MESSAGE]
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
@@ -99,7 +110,7 @@ def from_status(
     status: int, headers: Mapping[str, str], body: object, *, model: str, secret: str | None
 ) -> SluicewayError:
     """The error for an upstream that answered with an HTTP error status."""
-    detail = upstream_message(body)
+    detail = _detail(body, secret)
     message = f"model {model!r}: upstream answered HTTP {status}" + (f": {detail}" if detail else "")
     message = redact(message, secret)
     retry_after = retry_after_seconds(headers)
@@ -107,12 +118,13 @@ def from_status(
         return RateLimitedError(message, retry_after=retry_after)
     if status in (401, 403):
         return UpstreamAuthError(message)
-    return UpstreamError(message, retry_after=retry_after)
+    refused = 400 <= status < 500 and status not in _TRANSIENT_4XX
+    return UpstreamError(message, retry_after=retry_after, retryable=not refused)
 
 
 def from_stream_error(body: object, *, model: str, secret: str | None) -> UpstreamError:
     """The error for an error event the upstream sent after the stream began."""
-    detail = upstream_message(body) or "no details"
+    detail = _detail(body, secret) or "no details"
     return UpstreamError(redact(f"model {model!r}: upstream failed mid-stream: {detail}", secret))
 
 

@@ -33,7 +33,12 @@ DEFAULT_MAX_TOKENS = 1024
 KEYLESS_PLACEHOLDER = "sk-ant-no-key-required"
 
 _SDK_ERRORS: tuple[type[Exception], ...] = (anthropic.APIError, *_sdk_errors.TRANSPORT_ERRORS)
-_FINISH: dict[str, FinishReason] = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
+_FINISH: dict[str, FinishReason] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "refusal": "content_filter",
+}
 
 
 class AnthropicProvider:

@@ -10,6 +10,8 @@ the relay turns them into ``ErrorEvent`` + ``Finish("error")``.
 Options are checked before anything loads: a kind may come with an :data:`OptionCheck` (for a simple
 table of typed options, :func:`options_check` builds one from :class:`Option` values), so that a typo
 or a wrong type stops the server at start with the key named, not a model that silently ignores it.
+A provider module declares its check on its factory with :func:`declares_options`, next to the code
+that reads the options; the registry finds it there, for built-in and plug-in kinds alike.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
+from typing import Any, Literal, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 from sluiceway.errors import InvalidRequestError
 from sluiceway.events import Event
@@ -108,3 +110,31 @@ def options_check(spec: Mapping[str, Option]) -> OptionCheck:
                 raise ProviderConfigError(f"{where}.{key}: {problem}, got {value!r}")
 
     return check
+
+
+_OPTIONS_ATTRIBUTE = "sluiceway_options"
+
+F = TypeVar("F", bound=ProviderFactory)
+
+
+def declares_options(check: OptionCheck) -> Callable[[F], F]:
+    """Decorate a provider factory with the :data:`OptionCheck` of its options.
+
+    The registry runs the check before the factory (``sluiceway serve`` runs it at start, before any
+    model loads), so the options are declared once, beside the code that reads them::
+
+        @declares_options(options_check({"level": Option("count")}))
+        def create(config: ModelConfig) -> Provider: ...
+    """
+
+    def declare(factory: F) -> F:
+        setattr(factory, _OPTIONS_ATTRIBUTE, check)
+        return factory
+
+    return declare
+
+
+def declared_options(factory: ProviderFactory) -> OptionCheck | None:
+    """The option check ``factory`` declares with :func:`declares_options`, or ``None``."""
+    check = getattr(factory, _OPTIONS_ATTRIBUTE, None)
+    return check if callable(check) else None

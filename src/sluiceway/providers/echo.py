@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 from sluiceway.errors import error_from_code
 from sluiceway.events import Event, Finish, TextDelta, Usage
-from sluiceway.providers.base import ModelConfig, Provider
+from sluiceway.providers.base import ModelConfig, Option, Provider, declares_options, options_check
 from sluiceway.requests import ChatRequest
 
 _PIECE = re.compile(r"\s*\S+\s*|\s+")
@@ -72,6 +72,13 @@ class EchoProvider:
         return None
 
 
+OPTIONS = options_check(
+    {"delay_ms": Option("number"), "fail_after": Option("count"), "fail_code": Option("string")}
+)
+"""The options of ``[models.NAME]`` tables with ``provider = "echo"``, checked at start."""
+
+
+@declares_options(OPTIONS)
 def create(config: ModelConfig) -> Provider:
     """Factory for ``provider = "echo"``.
 

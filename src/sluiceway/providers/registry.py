@@ -5,7 +5,10 @@ Built-in kinds (``echo``, ``local``, ``openai``, ``anthropic``) are declared in 
 
 :meth:`ProviderRegistry.check` validates a model's configuration without loading it (the kind is
 known; its options are known and of the right type), so ``sluiceway serve`` can refuse a bad file
-before anything starts. A kind registered without an option check takes its options unchecked.
+before anything starts. A kind's check is the one given to :meth:`ProviderRegistry.register`, else
+the one its factory declares with :func:`~sluiceway.providers.base.declares_options` (``echo`` and
+``local`` do, in their own modules; finding it imports the factory's module, never a model). A kind
+with neither takes its options unchecked.
 """
 
 from __future__ import annotations
@@ -19,27 +22,18 @@ from sluiceway.providers.base import (
     Provider,
     ProviderConfigError,
     ProviderFactory,
+    declared_options,
     options_check,
 )
 
 GROUP = "sluiceway.providers"
 
-
-def _check_local(config: ModelConfig) -> None:
-    from sluiceway.providers.local import LocalSettings  # no llama.cpp import: only the settings
-
-    LocalSettings.from_config(config)
-
-
 BUILTIN_CHECKS: dict[str, OptionCheck] = {
-    "echo": options_check(
-        {"delay_ms": Option("number"), "fail_after": Option("count"), "fail_code": Option("string")}
-    ),
     "openai": options_check({"timeout_s": Option("positive"), "stream_usage": Option("boolean")}),
     "anthropic": options_check({"timeout_s": Option("positive")}),
-    "local": _check_local,
 }
-"""The option checks of the built-in kinds (their factories' modules document the options)."""
+"""The option checks of the built-in SDK kinds, whose factories declare none yet (their modules
+document the options); ``echo`` and ``local`` declare theirs on their factories."""
 
 
 class ProviderRegistry:
@@ -60,7 +54,8 @@ class ProviderRegistry:
         return registry
 
     def register(self, kind: str, factory: ProviderFactory, options: OptionCheck | None = None) -> None:
-        """Add or replace the factory for ``kind``, with the check of its options if it has one."""
+        """Add or replace the factory for ``kind``, with the check of its options: ``options``, else
+        the one ``factory`` declares, if any."""
         self._factories[kind] = factory
         if options is None:
             self._checks.pop(kind, None)
@@ -79,7 +74,7 @@ class ProviderRegistry:
             raise ProviderConfigError(
                 f"models.{config.name}.provider: unknown provider {config.provider!r} (known: {known})"
             )
-        check = self._checks.get(config.provider)
+        check = self._check_for(config.provider)
         if check is not None:
             check(config)
 
@@ -87,12 +82,29 @@ class ProviderRegistry:
         """Check and build the provider for one configured model (a factory's ``ValueError`` or
         ``TypeError`` about its options comes out as :class:`ProviderConfigError` naming the model)."""
         self.check(config)
-        factory = self._factories[config.provider]
-        if isinstance(factory, EntryPoint):
-            factory = self._factories[config.provider] = factory.load()
+        factory = self._factory(config.provider)
         try:
             return factory(config)
         except ProviderConfigError:
             raise
         except (TypeError, ValueError) as exc:
             raise ProviderConfigError(f"models.{config.name}: {exc}") from exc
+
+    def _factory(self, kind: str) -> ProviderFactory:
+        """The factory of ``kind``, importing an entry point's module the first time."""
+        factory = self._factories[kind]
+        if isinstance(factory, EntryPoint):
+            factory = self._factories[kind] = factory.load()
+        return factory
+
+    def _check_for(self, kind: str) -> OptionCheck | None:
+        """The check registered for ``kind``, else the one its factory declares.
+
+        A plug-in whose module cannot be imported has no check here: ``create`` reports the
+        ``ImportError``, and the model is unavailable rather than the configuration wrong."""
+        if kind in self._checks:
+            return self._checks[kind]
+        try:
+            return declared_options(self._factory(kind))
+        except ImportError:
+            return None

@@ -72,7 +72,7 @@ def create_app(
         (aisdk.router, aisdk.chat),
     ):
         route_directly(app, router, endpoint)
-    app.include_router(meta.router)
+    meta.install(app)
     app.include_router(metrics.router)
     app.include_router(seed.router)
     app.include_router(streams.router)

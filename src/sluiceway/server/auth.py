@@ -170,11 +170,18 @@ def _digest(item: Mapping[str, Any], where: str) -> bytes:
 
 
 def _limit(item: Mapping[str, Any], name: str, where: str) -> int | None:
+    """A key's ``rpm``, ``max_concurrent`` or ``tokens_per_day``: a whole number of at least 1.
+
+    As for the server's own integer settings (``settings._integer``, which this module cannot import:
+    settings imports it), a boolean is not a number and a fraction is not a whole one; a limit of 0
+    would refuse every request, so "no limit" is leaving the field out."""
     value = item.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{where}.{name}: must be a positive integer")
+        raise ValueError(
+            f"{where}.{name}: must be a positive integer (leave it out for no limit), got {value!r}"
+        )
     return value
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -33,20 +33,25 @@ def seed_shape(error: ErrorEvent, status: int) -> dict[str, Any]:
 
 
 class ErrorShapes:
-    """Which error shape answers for which path prefix (longest prefix wins; default: seed)."""
+    """Which error shape answers for which path prefix (longest prefix wins; default: seed).
+
+    A shape registered with ``header`` answers only requests that carry that header, before a shape
+    of the same prefix without one: ``/v1/models`` answers in Anthropic's shape to a caller that sends
+    ``anthropic-version`` (as its successes do), in OpenAI's otherwise.
+    """
 
     def __init__(self) -> None:
-        self._shapes: list[tuple[str, ErrorShape]] = []
+        self._shapes: list[tuple[str, str | None, ErrorShape]] = []
 
-    def register(self, path_prefix: str, shape: ErrorShape) -> None:
-        """Routes under ``path_prefix`` answer errors in ``shape``."""
-        self._shapes.append((path_prefix, shape))
-        self._shapes.sort(key=lambda item: -len(item[0]))
+    def register(self, path_prefix: str, shape: ErrorShape, *, header: str | None = None) -> None:
+        """Routes under ``path_prefix`` answer errors in ``shape`` (only with ``header``, if given)."""
+        self._shapes.append((path_prefix, None if header is None else header.lower(), shape))
+        self._shapes.sort(key=lambda item: (-len(item[0]), item[1] is None))
 
-    def shape_for(self, path: str) -> ErrorShape:
-        """The error shape of the route serving ``path``."""
-        for prefix, shape in self._shapes:
-            if path.startswith(prefix):
+    def shape_for(self, path: str, headers: Mapping[str, str] | None = None) -> ErrorShape:
+        """The error shape of the route serving ``path`` for a request with ``headers``."""
+        for prefix, header, shape in self._shapes:
+            if path.startswith(prefix) and (header is None or (headers is not None and header in headers)):
                 return shape
         return seed_shape
 
@@ -64,7 +69,7 @@ def error_response(error: ErrorEvent, request: Request, status: int | None = Non
     if status in (429, 503):
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after or 1)))
     shapes: ErrorShapes = request.app.state.error_shapes
-    body = shapes.shape_for(request.url.path)(error, status)
+    body = shapes.shape_for(request.url.path, request.headers)(error, status)
     return JSONResponse(body, status_code=status, headers=headers)
 
 

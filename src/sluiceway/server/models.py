@@ -34,9 +34,20 @@ class ModelSet:
             except (ImportError, FileNotFoundError, SluicewayError, OSError, ValueError) as exc:
                 self.unavailable[name] = str(exc) or type(exc).__name__
                 logger.warning("model %s unavailable: %s", name, self.unavailable[name])
-        if self.default not in self.providers and "echo" in self.providers:
+        if self.default not in self.providers and "echo" in self.providers and self._may_fall_back():
             logger.warning("default model %s unavailable; using echo", self.default)
             self.default = "echo"
+
+    def _may_fall_back(self) -> bool:
+        """Whether an unavailable default gives way to ``echo``: only the implicit one (``local``, left
+        unconfigured: a gateway installed without ``[local]``). A default the user chose (by
+        ``default_model`` or its ``[models.NAME]`` table), or ``local`` with a ``model_path`` that
+        does not load, is a configuration error instead (``sluiceway serve`` exits 2), so nothing
+        falls back and no log line says it does."""
+        settings = self.settings
+        return not settings.default_chosen() and not (
+            settings.is_explicit("model_path") and "local" in self.unavailable
+        )
 
     def resolve(self, name: str | None) -> tuple[ModelConfig, Provider]:
         """The config and provider for ``name`` (the default when ``None``)."""

@@ -12,7 +12,10 @@ schema documented here; each protocol's extra fields are allowed.
 
 The compatible APIs read their bodies by hand (``wire/*.parse_request``, to answer in their own
 error shapes), so FastAPI cannot infer a request schema for them: :data:`REQUEST_BODIES` describes
-what those parsers accept, within what the real APIs accept.
+what those parsers accept, within what the real APIs accept. The fields and roles come from the wire
+modules themselves; the fields sluiceway refuses unless at a served value (``wire.openai.UNSERVED``,
+checked by functions) take their served values from :data:`OPENAI_SERVED` and their reason from the
+wire, and a test holds the two to the parsers' verdicts value by value.
 """
 
 from __future__ import annotations
@@ -67,6 +70,52 @@ _TEXT_PARTS = {
     },
 }
 _STOP = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}, {"type": "null"}]}
+_EMPTY_ARRAY = {"type": "array", "maxItems": 0}
+_TOOL_CHOICE = {"enum": ["none", "auto"]}
+
+OPENAI_SERVED: dict[str, dict[str, Any]] = {
+    "n": {"type": "integer", "const": 1},
+    "tools": _EMPTY_ARRAY,
+    "tool_choice": _TOOL_CHOICE,
+    "parallel_tool_calls": {"type": "boolean"},
+    "functions": _EMPTY_ARRAY,
+    "function_call": _TOOL_CHOICE,
+    "logprobs": {"const": False},
+    "top_logprobs": {"type": "integer", "const": 0},
+    "response_format": {"type": "object", "required": ["type"], "properties": {"type": {"const": "text"}}},
+    "modalities": {"const": ["text"]},
+    "audio": {"not": {}},  # no value: only null
+}
+"""The values served of each field of ``wire.openai.UNSERVED`` besides ``null`` (which always is)."""
+
+OPENAI_CONTENT_OPTIONAL = frozenset({"assistant"})
+"""The roles whose ``content`` may be missing or ``null`` (an assistant turn may hold only tool calls)."""
+
+
+def _served(field: openai_wire.Unserved) -> dict[str, Any]:
+    """The schema of one field of ``UNSERVED``: ``null`` or a served value, and why only those."""
+    schema: dict[str, Any] = {"anyOf": [{"type": "null"}, OPENAI_SERVED[field.name]]}
+    if field.why:
+        schema["description"] = field.why
+    return schema
+
+
+def _openai_message() -> dict[str, Any]:
+    """One Chat Completions message: a role of ``wire.openai.ROLES``, ``content`` required but on
+    the roles of :data:`OPENAI_CONTENT_OPTIONAL`."""
+    roles = list(openai_wire.ROLES)
+    content_required = [role for role in roles if role not in OPENAI_CONTENT_OPTIONAL]
+    return {
+        "type": "object",
+        "required": ["role"],
+        "properties": {
+            "role": {"enum": roles},
+            "content": {"anyOf": [{"type": "string"}, _TEXT_PARTS, {"type": "null"}]},
+        },
+        "if": {"required": ["role"], "properties": {"role": {"enum": content_required}}},
+        "then": {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+    }
+
 
 OPENAI_CHAT: dict[str, Any] = {
     "title": "ChatCompletionRequest",
@@ -74,25 +123,15 @@ OPENAI_CHAT: dict[str, Any] = {
     "required": ["messages"],
     "properties": {
         "model": _NULLABLE_STRING,
-        "messages": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "type": "object",
-                "required": ["role"],
-                "properties": {
-                    "role": {"enum": ["system", "developer", "user", "assistant"]},
-                    "content": {"anyOf": [{"type": "string"}, _TEXT_PARTS, {"type": "null"}]},
-                },
-            },
-        },
+        "messages": {"type": "array", "minItems": 1, "items": _openai_message()},
         "max_tokens": _MAX_TOKENS,
         "max_completion_tokens": _MAX_TOKENS,
         "temperature": _TEMPERATURE,
         "stop": _STOP,
         "stream": _STREAM,
         "stream_options": {"type": ["object", "null"], "properties": {"include_usage": _STREAM}},
-    },
+    }
+    | {field.name: _served(field) for field in openai_wire.UNSERVED},
 }
 ANTHROPIC_MESSAGES: dict[str, Any] = {
     "title": "MessagesRequest",
@@ -117,6 +156,10 @@ ANTHROPIC_MESSAGES: dict[str, Any] = {
         "temperature": _TEMPERATURE,
         "stop_sequences": _STOP,
         "stream": _STREAM,
+        "tools": {
+            "anyOf": [{"type": "null"}, _EMPTY_ARRAY],
+            "description": "sluiceway does not call tools; tools must be empty",
+        },
     },
 }
 AISDK_CHAT: dict[str, Any] = {

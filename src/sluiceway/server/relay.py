@@ -30,6 +30,7 @@ from sluiceway.server.auth import current_key
 from sluiceway.server.errors import error_response, exception_response
 from sluiceway.server.limits import InputNames, admit
 from sluiceway.server.responses import (
+    CLIENT_LEFT,
     Deferred,
     DeferredResponse,
     EventStreamResponse,
@@ -133,8 +134,9 @@ class StreamAnswer(DeferredResponse):
             chosen = await unless_gone(receive, self._choose())
         except Exception as exc:  # in place, the app's exception handlers would have answered it so
             chosen = exception_response(exc, self.http), None
-        if chosen is None:
-            return None  # the client left before the first word: its reader is closed, the policy applies
+        if chosen is None:  # the client left before the first word: its reader is closed, the policy applies
+            scope[CLIENT_LEFT] = self.stream.stream_id
+            return None
         response, listener = chosen
         if isinstance(response, EventStreamResponse):
             response.listener = listener

@@ -31,7 +31,7 @@ from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sluiceway.server.metrics import StreamMetrics
-from sluiceway.server.responses import DEFERRED, Deferred
+from sluiceway.server.responses import CLIENT_LEFT, DEFERRED, Deferred
 
 logger = logging.getLogger("sluiceway.requests")
 REQUEST_ID = "X-Request-Id"
@@ -75,6 +75,8 @@ class RequestLogMiddleware:
 
 
 def _log_request(scope: Scope, request_id: str, seen: dict[str, Any], started: float) -> None:
+    if seen["stream_id"] is None and scope.get(CLIENT_LEFT):  # no start was sent: nobody to send it to
+        seen["status"], seen["stream_id"] = 499, scope[CLIENT_LEFT]
     fields = request_fields(scope, request_id, seen["status"], seen["stream_id"], started)
     logger.info(summary(fields), extra={"request": fields})
 

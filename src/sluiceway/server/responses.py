@@ -43,6 +43,10 @@ T = TypeVar("T")
 DEFERRED = "sluiceway.deferred"
 """Scope key of the request's :class:`Deferred`, set by :class:`SluicewayApp`."""
 
+CLIENT_LEFT = "sluiceway.client_left"
+"""Scope key set to the stream id when a streaming answer's client left before its start was sent
+(nothing was sent: the request log writes 499 and names the stream)."""
+
 
 class Deferred:
     """One HTTP request's response left to finish once every layer has returned, and what runs after."""

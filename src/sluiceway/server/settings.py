@@ -83,6 +83,11 @@ class Settings:
         """Whether ``key`` was set by the file, the environment or a flag (not left at its default)."""
         return key in self.sources
 
+    def default_chosen(self) -> bool:
+        """Whether the user chose the default model (by ``default_model`` or by configuring its
+        ``[models.NAME]`` table): one that cannot load is then an error, never replaced by ``echo``."""
+        return self.is_explicit("default_model") or self.is_explicit(f"models.{self.default_model}")
+
     def model_names(self) -> list[str]:
         """Configured model names, the default first."""
         names = sorted(self.models)

@@ -34,7 +34,13 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from sluiceway.errors import ShuttingDownError, SluicewayError, UpstreamTimeoutError, error_from_code
+from sluiceway.errors import (
+    ShuttingDownError,
+    SluicewayError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    error_from_code,
+)
 from sluiceway.events import ErrorEvent, Event, Finish, FinishReason, TextDelta, Usage
 from sluiceway.providers.base import Provider
 from sluiceway.requests import ChatRequest
@@ -236,6 +242,8 @@ async def _run_chain(
                             raise
                         last = exc
                         logger.info("%s failed before its first token: %s", request.model, exc.code)
+                        if _refused(exc):
+                            break  # sent again, the request would be refused again: the next model
                     if attempt == retry.retries:
                         break
                     if not await _backoff(meter, timeouts, scope, retry, attempt, last):
@@ -244,6 +252,11 @@ async def _run_chain(
         raise meter.timeout_error(timeouts) from None
     assert last is not None
     raise last
+
+
+def _refused(error: SluicewayError) -> bool:
+    """An upstream's refusal of the request itself (a 4xx): the same model would refuse it again."""
+    return isinstance(error, UpstreamError) and error.refused
 
 
 async def _backoff(

@@ -46,6 +46,11 @@ class StreamLog(Protocol):
         """Append one event; return its sequence number (1-based)."""
         ...
 
+    async def logged_seq(self) -> int | None:
+        """The sequence number of the newest event logged (0 before the first), or ``None`` when this
+        handle cannot tell; no reader can have seen an event past it (resume checks ``after`` with it)."""
+        ...
+
     def read(self, after: int = 0, idle: float | None = None) -> AsyncGenerator[Batch | None, None]:
         """Yield batches of ``(seq, event)`` after ``after``; ``None`` after ``idle`` quiet seconds."""
         ...
@@ -118,6 +123,9 @@ class MemoryStreamLog:
 
     async def append(self, event: Event) -> int:
         return self.append_nowait(event)
+
+    async def logged_seq(self) -> int | None:
+        return self.last_seq
 
     def retire(self) -> RetiredLog | None:
         """The finished log as a record of strings, numbers and bytes only (one object for the

@@ -115,6 +115,15 @@ class RedisStreamLog:
         await pipe.execute()
         return seq
 
+    async def logged_seq(self) -> int | None:
+        """The writer knows; a reader asks Redis for the newest entry (trimming always keeps it, so a
+        client cannot have seen a later one). ``None`` when the log holds no entry: not yet written,
+        or expired, which a reader cannot tell apart."""
+        if self._writer:
+            return self._seq
+        newest = await self._redis.xrevrange(self._log, count=1)
+        return _seq_of(newest[0][0]) if newest else None
+
     def _account(self, event: Event, pipe: Any) -> None:
         size = event_size(event)
         self._sizes.append(size)

@@ -58,6 +58,30 @@ function yieldToBrowser() {
 /** The longest the read loop runs before it yields to the browser. */
 const SLICE_MS = 8;
 
+/**
+ * A resumed answer's words that the page had to wait this long for are live, not replayed: the
+ * replay (the words the server had when the page reattached) is read back to back, without waiting.
+ */
+const LIVE_WAIT_MS = 10;
+
+/**
+ * `events` as `{event, waitedMs}`: how long the page waited for each one (about 0 when it was
+ * already read from the network, as the events of a replay are).
+ */
+async function* timed(events) {
+  const iterator = events[Symbol.asyncIterator]();
+  try {
+    for (;;) {
+      const asked = performance.now();
+      const { value, done } = await iterator.next();
+      if (done) return;
+      yield { event: value, waitedMs: performance.now() - asked };
+    }
+  } finally {
+    await iterator.return?.();
+  }
+}
+
 /** Call `fn` once the frame showing the current DOM has been painted. */
 function afterPaint(fn) {
   requestAnimationFrame(() => setTimeout(fn, 0));
@@ -356,6 +380,8 @@ class App {
       firstChunkMs: null,
       firstRenderMs: null,
       tokens: 0,
+      liveFrom: null, // a resumed answer: when its first live (not replayed) words came, and how many since
+      liveTokens: 0,
       reconnects: 0,
       done: false,
       renderer: view.renderer,
@@ -372,7 +398,7 @@ class App {
         ? resumeChat({ ...options, streamId: resumeId, after: 0 })
         : streamChat({ ...options, ...request });
       let slice = performance.now();
-      for await (const event of events) {
+      for await (const { event, waitedMs } of timed(events)) {
         if (performance.now() - slice > SLICE_MS) {
           await yieldToBrowser();
           slice = performance.now();
@@ -389,6 +415,10 @@ class App {
           last = performance.now();
           view.append(event.text);
           perf.tokens += 1;
+          if (resumeId && perf.liveFrom === null && first !== null && waitedMs >= LIVE_WAIT_MS) {
+            perf.liveFrom = last; // the first chunk of a response is waited for even in a replay
+          }
+          if (perf.liveFrom !== null) perf.liveTokens += 1;
           if (first === null) {
             first = last;
             perf.firstChunkMs = first - sentAt;
@@ -445,15 +475,20 @@ class App {
     }
   }
 
-  /** The footer figures: TTFT as the reader saw it (the server's for a replay), tokens and rates. */
+  /**
+   * The footer figures: TTFT as the reader saw it (the server's for a replay), tokens and rates.
+   * The rate is the server's when it sent one; else the page's, first to last words, counting in a
+   * replay only the live words (the replayed burst would inflate it).
+   */
   stats(done, perf, first, last, sentAt, replay) {
     const tokens = done?.usage?.output_tokens ?? perf.tokens;
-    const span = first !== null && last !== null ? (last - first) / 1000 : 0;
+    const [from, counted] = replay ? [perf.liveFrom, perf.liveTokens] : [first, perf.tokens];
+    const span = from !== null && last !== null ? (last - from) / 1000 : 0;
     const ttftMs = replay ? (done?.ttft_ms ?? null) : (perf.firstPaintMs ?? (first === null ? null : first - sentAt));
     return {
       ttftMs,
       tokens,
-      tokensPerS: done?.tokens_per_s ?? (span > 0 && perf.tokens > 1 ? (perf.tokens - 1) / span : null),
+      tokensPerS: done?.tokens_per_s ?? (span > 0 && counted > 1 ? (counted - 1) / span : null),
       totalMs: replay || last === null ? null : last - sentAt,
       finish: done?.finish_reason ?? null,
     };

@@ -203,7 +203,7 @@ export class AnswerView {
       this.el.dataset.tokensPerS = String(tokensPerS);
     }
     if (totalMs !== null) parts.push(totalMs < 1000 ? `${Math.round(totalMs)} ms` : `${(totalMs / 1000).toFixed(1)} s`);
-    if (finish && finish !== "stop") parts.push(finish === "length" ? "stopped at max tokens" : finish);
+    if (finish && finish !== "stop") parts.push(finish === "length" ? "stopped at max tokens" : finish === "content_filter" ? "stopped by the model's content filter" : finish);
     this.stats.textContent = parts.join(" · ");
   }
 

@@ -42,7 +42,12 @@ from sluiceway.wire.seed import DONE, SSE_HEADERS, dumps
 from sluiceway.wire.sse import PING
 
 HEADERS = {**SSE_HEADERS, "x-vercel-ai-ui-message-stream": "v1"}
-FINISH_REASONS: dict[FinishReason, str] = {"stop": "stop", "length": "length", "error": "error"}
+FINISH_REASONS: dict[FinishReason, str] = {
+    "stop": "stop",
+    "length": "length",
+    "error": "error",
+    "content_filter": "content-filter",
+}
 TEXT_ID = "text-0"
 
 

@@ -36,6 +36,7 @@ STOP_REASONS: dict[FinishReason, str] = {
     "length": "max_tokens",
     "cancelled": "end_turn",
     "error": "end_turn",
+    "content_filter": "refusal",
 }
 
 ERROR_TYPES: dict[str, str] = {

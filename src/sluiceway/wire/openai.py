@@ -42,6 +42,7 @@ FINISH_REASONS: dict[FinishReason, str] = {
     "length": "length",
     "cancelled": "stop",
     "error": "stop",
+    "content_filter": "content_filter",
 }
 """Our finish reasons as OpenAI's (which has no "cancelled"; a client only sees it if a Stop
 elsewhere ended the stream it reads)."""

@@ -18,7 +18,8 @@ A turn that starts a generation opens with ``start`` (a turn refused before that
 unknown model, gets only an ``error``). A turn ends with exactly one ``done`` or ``error``; a
 cancelled turn ends with ``done`` whose ``finish_reason`` is ``"cancelled"``. Errors that belong to
 no turn (bad JSON, a turn sent while one is running) are ``error`` frames too; the socket stays open
-after any of them.
+after any of them. A turn refused for a limit (``overloaded``, ``rate_limited``) says when to try
+again in ``retry_after`` (seconds), as the HTTP routes do in ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -94,9 +95,10 @@ def _request(body: Mapping[str, Any]) -> ChatRequest:
     )
 
 
-def error_frame(code: str, message: str) -> str:
-    """An ``error`` frame for a failure that is not an event of a stream."""
-    return dumps(error_payload(ErrorEvent(code, message)))
+def error_frame(error: ErrorEvent) -> str:
+    """An ``error`` frame for a failure that is not an event of a stream (a turn refused before it
+    started carries the error's ``retryable`` and ``retry_after``, as an HTTP 429 its ``Retry-After``)."""
+    return dumps(error_payload(error))
 
 
 class WebSocketEncoder:

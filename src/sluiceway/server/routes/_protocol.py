@@ -158,11 +158,14 @@ async def answer_response(
     """The non-streaming answer: ``body(answer)`` as JSON, the error's response if the generation
     failed, or 499 if the client disconnected first."""
     answer = await complete(http, stream)
+    headers = {"X-Stream-Id": stream.stream_id}  # also on errors: the request log names the stream
     if answer is None:
-        return Response(status_code=499)
+        return Response(status_code=499, headers=headers)
     if answer.error is not None:
-        return error_response(answer.error, http)
-    return JSONResponse(body(answer), headers={"X-Stream-Id": stream.stream_id})
+        response = error_response(answer.error, http)
+        response.headers.update(headers)
+        return response
+    return JSONResponse(body(answer), headers=headers)
 
 
 async def _disconnected(http: Request) -> None:

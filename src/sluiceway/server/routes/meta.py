@@ -1,5 +1,6 @@
 """Liveness and the model list, in OpenAI's shape or, for a caller that sends ``anthropic-version``
-(the anthropic SDKs always do), in Anthropic's."""
+(the anthropic SDKs always do), in Anthropic's: its errors too (a 401 from the auth layer, a 404
+for a model that is not served), through the app's error shapes (:func:`install`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Request
-from starlette.responses import JSONResponse
+from fastapi import APIRouter, FastAPI, Request
 
 from sluiceway.errors import UnknownModelError
 from sluiceway.server.auth import current_key
@@ -16,16 +16,27 @@ from sluiceway.server.state import AppState, StateDep
 from sluiceway.wire import anthropic as anthropic_wire
 
 router = APIRouter()
+ANTHROPIC_HEADER = "anthropic-version"
 _STARTED = int(time.time())
 _STARTED_AT = datetime.fromtimestamp(_STARTED, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 """When the models were ``created``, for the lists: when this process started (RFC 3339 for Anthropic)."""
 
 
+def install(app: FastAPI) -> None:
+    """Serve these routes on ``app``; errors under ``/v1/models`` take Anthropic's shape for a caller
+    that sends ``anthropic-version`` (the prefix's default shape, OpenAI's, is the openai route's)."""
+    app.include_router(router)
+    app.router.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)  # monitors
+    app.state.error_shapes.register("/v1/models", anthropic_wire.error_shape, header=ANTHROPIC_HEADER)
+
+
 @router.get("/healthz")
 async def healthz(state: StateDep) -> dict[str, Any]:
-    """Liveness, the models loaded and those that failed to load."""
+    """Liveness, the models loaded and those that failed to load, and the heartbeat interval (which
+    ``sluiceway doctor`` judges heartbeats by; not a secret: every quiet stream shows it)."""
     return {
         "status": "ok",
+        "heartbeat_s": state.settings.heartbeat_s,
         "default_model": state.models.default,
         "models": sorted(state.models.providers),
         "unavailable": state.models.unavailable,
@@ -55,13 +66,9 @@ async def list_models(http: Request, state: StateDep) -> dict[str, Any]:
 async def get_model(model_id: str, http: Request, state: StateDep) -> Any:
     """One served model, as in the list; 404 for a model that is not served or that the caller's
     API key may not use (OpenAI's ``model_not_found``, or Anthropic's ``not_found_error``)."""
-    anthropic = _wants_anthropic(http)
     if model_id not in served_models(state):
-        error = UnknownModelError(f"the model {model_id!r} does not exist or you do not have access to it")
-        if anthropic:
-            return JSONResponse(anthropic_wire.error_body(error.code, error.message, 404), status_code=404)
-        raise error  # answered in OpenAI's shape, as every error under /v1/models
-    return anthropic_model(model_id) if anthropic else openai_model(state, model_id)
+        raise UnknownModelError(f"the model {model_id!r} does not exist or you do not have access to it")
+    return anthropic_model(model_id) if _wants_anthropic(http) else openai_model(state, model_id)
 
 
 def served_models(state: AppState) -> list[str]:
@@ -100,4 +107,4 @@ def anthropic_model(name: str) -> dict[str, Any]:
 
 
 def _wants_anthropic(http: Request) -> bool:
-    return "anthropic-version" in http.headers
+    return ANTHROPIC_HEADER in http.headers

@@ -3,7 +3,8 @@
 - ``GET /chat/stream/{stream_id}?after=N`` answers, in the seed SSE format, exactly the events
   after ``N`` and then the live tail. A ``Last-Event-ID: <stream>:<seq>`` header (what a browser's
   ``EventSource`` sends when it reconnects) wins over ``after``: it is the newer of the two. Nothing
-  left to send: 204, which also stops an ``EventSource`` from reconnecting.
+  left to send: 204, which also stops an ``EventSource`` from reconnecting. An ``after`` past the
+  newest event logged is a 400: no client can have seen it (waiting for it would send only pings).
 - ``POST /chat/stream/{stream_id}/cancel`` is the Stop button: it cancels at once, whatever the
   disconnect policy, waits (briefly) for the end to be logged and reports it with the usage so far.
 - ``GET /api/chat/{chat_id}/stream`` is where ``useChat({resume: true})`` reconnects: the chat's
@@ -22,7 +23,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import JSONResponse, Response
 
-from sluiceway.errors import ReaderLaggedError, StreamNotFoundError
+from sluiceway.errors import InvalidRequestError, ReaderLaggedError, StreamNotFoundError
 from sluiceway.events import ErrorEvent, Finish, Usage
 from sluiceway.server.relay import parse_event_id, stream_response
 from sluiceway.server.state import AppState, StateDep
@@ -45,9 +46,18 @@ def chat_key(chat_id: str) -> str:
 
 
 async def resume_seed(http: Request, state: AppState, stream_id: str, after: int) -> Response:
-    """The seed SSE of ``stream_id`` after event ``after``, then live (404 if not retained)."""
+    """The seed SSE of ``stream_id`` after event ``after``, then live (404 if not retained; 400 for an
+    ``after`` past the stream's newest event)."""
     stream = await lookup(state, stream_id)
+    await check_after(stream, after)
     return stream_response(http, state, stream, lambda s: SeedEncoder(s.stream_id), after=after)
+
+
+async def check_after(stream: Stream, after: int) -> None:
+    """Refuse ``after`` beyond the newest event the stream has logged (when its log can tell)."""
+    last = await stream.log.logged_seq()
+    if last is not None and after > last:
+        raise InvalidRequestError(f"after is past the stream's last event {last} (got {after})")
 
 
 async def lookup(state: AppState, stream_id: str) -> Stream:

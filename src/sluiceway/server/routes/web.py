@@ -24,6 +24,9 @@ from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 router = APIRouter(include_in_schema=False)
+PAGE_METHODS = ["GET", "HEAD"]
+"""HEAD too (monitors, proxies' checks): FastAPI's ``APIRouter.get`` answers GET only, unlike
+Starlette's own routes; the server sends a HEAD answer's headers without its body."""
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -99,25 +102,25 @@ def serve(path: str, request: Request, headers: dict[str, str] | None = None) ->
     return Response(asset.body, media_type=asset.media_type, headers=all_headers)
 
 
-@router.get("/")
+@router.api_route("/", methods=PAGE_METHODS)
 async def page(request: Request) -> Response:
     """The chat page."""
     return serve("index.html", request, PAGE_HEADERS)
 
 
-@router.get("/sluiceway.js")
+@router.api_route("/sluiceway.js", methods=PAGE_METHODS)
 async def client(request: Request) -> Response:
     """The JS client as an ES module (``import { streamChat } from "/sluiceway.js"``)."""
     return serve("sluiceway.js", request)
 
 
-@router.get("/static/{path:path}")
+@router.api_route("/static/{path:path}", methods=PAGE_METHODS)
 async def static(path: str, request: Request) -> Response:
     """The page's modules, styles and vendored libraries."""
     return serve(path, request)
 
 
-@router.get("/vendor/{path:path}")
+@router.api_route("/vendor/{path:path}", methods=PAGE_METHODS)
 async def vendor(path: str, request: Request) -> Response:
     """Vendored libraries, where ``/sluiceway.js``'s relative imports look for them."""
     return serve(f"vendor/{path}", request)

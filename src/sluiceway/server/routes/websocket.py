@@ -58,7 +58,7 @@ class ChatSocket:
                     return
                 text = message.get("text")
                 if text is None:
-                    await self.send(error_frame("invalid_request", "send JSON in text frames"))
+                    await self.send(error_frame(InvalidRequestError("send JSON in text frames").to_event()))
                     continue
                 await self.on_frame(text)
         except WebSocketDisconnect:
@@ -73,7 +73,7 @@ class ChatSocket:
         try:
             frame = parse_frame(text)
         except InvalidRequestError as exc:
-            await self.send(error_frame(exc.code, exc.message))
+            await self.send(error_frame(exc.to_event()))
             return
         match frame:
             case Cancel():
@@ -86,14 +86,14 @@ class ChatSocket:
         """Start generating, unless a turn is still running (which gets an error frame)."""
         if self.relay is not None and not self.relay.done():
             message = 'a turn is still running: wait for its "done", or send {"type": "cancel"} first'
-            await self.send(error_frame("invalid_request", message))
+            await self.send(error_frame(InvalidRequestError(message).to_event()))
             return
         try:
             check_websocket(self.ws)  # the auth layer already closed unauthenticated sockets
             request = resolve(self.state, turn.request)
             stream = start_stream(self.state, request, protocol="websocket")
-        except SluicewayError as exc:
-            await self.send(error_frame(exc.code, exc.message))
+        except SluicewayError as exc:  # e.g. overloaded: with its retry_after, like the HTTP 429
+            await self.send(error_frame(exc.to_event()))
             return
         self.stream = stream
         self.relay = asyncio.create_task(self._relay(stream, request.model))
