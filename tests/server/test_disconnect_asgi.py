@@ -70,9 +70,10 @@ async def _ended(stream: Stream) -> Finish:
     return final
 
 
-async def test_http_disconnect_cancels_upstream() -> None:
+async def test_http_disconnect_cancels_upstream(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="sluiceway")
     settings = make_settings(
-        models={"slow": ModelConfig("slow", "echo", options={"delay_ms": 20})}, disconnect_grace_s=0
+        models={"slow": ModelConfig("slow", "echo", options={"delay_ms": 20})}, disconnect_grace_s=0.2
     )
     app = create_app(settings)
     client = Client(app, {"message": " ".join(["w"] * 500), "model": "slow"})
@@ -88,6 +89,21 @@ async def test_http_disconnect_cancels_upstream() -> None:
         assert (await _ended(stream)).reason == "cancelled"
         assert stream.meter.deltas < 100
         assert state.hub.active == 0
+    # the request's line is written when its client leaves; the tokens made in the grace period after
+    # that are in the generation's own line, written once it ends
+    request = next(r.request for r in caplog.records if r.name == "sluiceway.requests")  # type: ignore[attr-defined]
+    ended = [r.generation for r in caplog.records if hasattr(r, "generation")]  # type: ignore[attr-defined]
+    assert ended == [
+        {
+            "stream_id": stream_id,
+            "model": "slow",
+            "outcome": "cancelled",
+            "cancelled_by": "disconnect",
+            "input_tokens": stream.meter.usage_so_far().input_tokens,
+            "output_tokens": stream.meter.deltas,
+        }
+    ]
+    assert request["stream_id"] == stream_id and request["tokens"] < stream.meter.deltas
 
 
 async def test_a_client_gone_before_the_first_token_cancels_it_without_waiting_for_a_heartbeat(

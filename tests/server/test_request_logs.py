@@ -27,7 +27,7 @@ MODELS = {
 
 @pytest.fixture
 def srv(caplog: pytest.LogCaptureFixture):  # type: ignore[no-untyped-def]
-    caplog.set_level(logging.INFO, logger="sluiceway.requests")
+    caplog.set_level(logging.INFO, logger="sluiceway")
     with live_server(make_settings(models=MODELS, disconnect_grace_s=0)) as live:
         yield live
 
@@ -67,6 +67,7 @@ def test_a_streamed_request_logs_its_stream(srv: LiveServer, caplog: pytest.LogC
         "tokens": 3,
         "outcome": "stop",
     }
+    assert not [r for r in caplog.records if hasattr(r, "generation")]  # read to its end: one line only
 
 
 def test_openai_protocol_and_a_failed_stream(srv: LiveServer, caplog: pytest.LogCaptureFixture) -> None:

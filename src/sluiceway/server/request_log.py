@@ -147,7 +147,8 @@ def _escape(match: re.Match[str]) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and a request's fields if any."""
+    """One JSON object per line: time, level, logger, message, and a request's (or a generation's)
+    fields if any."""
 
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
@@ -156,9 +157,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        request = getattr(record, "request", None)
-        if isinstance(request, dict):
-            line.update(request)
+        for name in ("request", "generation"):  # a request's line, or a generation's end (streams/hub.py)
+            fields = getattr(record, name, None)
+            if isinstance(fields, dict):
+                line.update(fields)
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:

@@ -94,6 +94,8 @@ class Stream:
         self.cancelled_by: str | None = None
         self.first_sent = FirstSent()
         """Set once a reader has handed the first text on (the generation waits for it, briefly)."""
+        self.left_unread = False
+        """Whether its last reader left before the end (its request's log line is written then)."""
         self._backend = backend
         self._grace: asyncio.Task[None] | None = None
 
@@ -136,6 +138,7 @@ class Stream:
 
     def _detach(self) -> None:
         self.readers -= 1
+        self.left_unread = self.readers == 0 and not self.finished
         self.readers_left()
 
     async def _cancel_after_grace(self) -> None:
@@ -407,6 +410,8 @@ class StreamHub:
         self._tasks.discard(task)
         self.limits.release(model)
         stream._call_off_grace()
+        if stream.left_unread and stream.readers == 0:
+            _log_end_unread(stream, model)
         if task.cancelled() and not stream.log.finished:  # cancelled before it ever ran
             ender = asyncio.create_task(
                 end_cancelled(stream.log, stream.meter, stream.cancelled_by or "stop")
@@ -458,3 +463,25 @@ class StreamHub:
 
 def _has_text(batch: Batch) -> bool:
     return any(isinstance(event, TextDelta) for _, event in batch)
+
+
+def _log_end_unread(stream: Stream, model: str) -> None:
+    """A generation whose readers all left before its end: their requests' log lines were written
+    when they left, with the tokens made until then; it went on through the grace period (or to
+    its end under ``finish``), so what it reached in all is written here, once."""
+    usage = stream.meter.usage_so_far()
+    fields = {
+        "stream_id": stream.stream_id,
+        "model": model,
+        "outcome": "cancelled" if stream.cancelled_by else "finished",
+        "cancelled_by": stream.cancelled_by,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+    }
+    logger.info(
+        "stream %s ended after its readers left: %s, %d output tokens",
+        stream.stream_id,
+        fields["outcome"],
+        usage.output_tokens,
+        extra={"generation": fields},
+    )
