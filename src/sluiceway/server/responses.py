@@ -152,7 +152,7 @@ class EventStreamResponse(DeferredResponse):
 
     async def abandon(self) -> None:
         if self.listener is not None:
-            await _stop(self.listener)
+            await stop_listening(self.listener)
             self.listener = None
         await self.chunks.aclose()
 
@@ -161,19 +161,16 @@ class EventStreamResponse(DeferredResponse):
 
         The body is sent from the calling task; a listener task waits for ``http.disconnect`` and,
         if the client goes first, cancels the sending (see :class:`_Watch`)."""
-        task = asyncio.current_task()
-        assert task is not None
-        watch = _Watch(task)
-        listener, self.listener = self.listener or asyncio.create_task(_wait_disconnect(receive)), None
-        listener.add_done_callback(watch.gone)
+        listener, self.listener = self.listener or _listen(receive), None
+        watch = _Watch.current(listener)
         try:
             await self._send_body(send)
         except asyncio.CancelledError:
             if not watch.forget_cancels():
                 raise
         finally:
-            watch.sending = False
-            await _stop(listener)
+            watch.watching = False
+            await stop_listening(listener)
             await self.chunks.aclose()
 
     async def _send_body(self, send: Send) -> None:
@@ -187,19 +184,29 @@ class EventStreamResponse(DeferredResponse):
 
 
 class _Watch:
-    """Stops a body being sent in ``task`` when its client leaves: the task is cancelled, and
-    cancelled again every 50 ms while it is still sending (a library under the body may swallow a
-    cancel). Those cancels are the watch's own: :meth:`forget_cancels` takes them back."""
+    """Stops what ``task`` awaits (a body being sent, a stream's first word) when its client leaves:
+    the task is cancelled, and cancelled again every 50 ms while it is still watched (a library
+    under the body may swallow a cancel). Those cancels are the watch's own: :meth:`forget_cancels`
+    takes them back."""
 
-    __slots__ = ("cancels", "sending", "task")
+    __slots__ = ("cancels", "task", "watching")
 
     def __init__(self, task: asyncio.Task[Any]) -> None:
         self.task = task
-        self.sending = True
+        self.watching = True
         self.cancels = 0
 
+    @classmethod
+    def current(cls, listener: asyncio.Task[None]) -> _Watch:
+        """A watch over the calling task, set off when ``listener`` ends (the client left)."""
+        task = asyncio.current_task()
+        assert task is not None
+        watch = cls(task)
+        listener.add_done_callback(watch.gone)
+        return watch
+
     def gone(self, _: object = None) -> None:
-        if self.sending:
+        if self.watching:
             self.cancels += 1
             self.task.cancel()
             asyncio.get_running_loop().call_later(0.05, self.gone)
@@ -219,24 +226,21 @@ async def unless_gone(receive: Receive, work: Awaitable[T]) -> tuple[T, asyncio.
     :class:`_Watch`). The listener comes back still listening, for the response to go on with (an
     :class:`EventStreamResponse`'s :attr:`~EventStreamResponse.listener`) or to stop: ``receive()``
     is awaited by one task at a time."""
-    task = asyncio.current_task()
-    assert task is not None
-    watch = _Watch(task)
-    listener = asyncio.create_task(_wait_disconnect(receive))
-    listener.add_done_callback(watch.gone)
+    listener = _listen(receive)
+    watch = _Watch.current(listener)
     try:
         result = await work
     except asyncio.CancelledError:
-        watch.sending = False
+        watch.watching = False
         if watch.forget_cancels():
             return None
-        await _stop(listener)
+        await stop_listening(listener)
         raise
     except BaseException:
-        watch.sending = False
-        await _stop(listener)
+        watch.watching = False
+        await stop_listening(listener)
         raise
-    watch.sending = False
+    watch.watching = False
     listener.remove_done_callback(watch.gone)
     if watch.cancels:  # the client left as ``work`` returned: take the cancel still to come back
         with contextlib.suppress(asyncio.CancelledError):
@@ -246,13 +250,14 @@ async def unless_gone(receive: Receive, work: Awaitable[T]) -> tuple[T, asyncio.
     return result, listener
 
 
-async def stop_listening(listener: asyncio.Task[None]) -> None:
-    """Stop a listener :func:`unless_gone` handed back."""
-    await _stop(listener)
+def _listen(receive: Receive) -> asyncio.Task[None]:
+    """A task that ends when the client leaves (``http.disconnect``)."""
+    return asyncio.create_task(_wait_disconnect(receive))
 
 
-async def _stop(task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` until it is done (a swallowed cancel is repeated every 50 ms)."""
+async def stop_listening(task: asyncio.Task[None]) -> None:
+    """Cancel a listener (one :func:`unless_gone` handed back, say) until it is done (a swallowed
+    cancel is repeated every 50 ms)."""
     while not task.done():
         task.cancel()
         await asyncio.wait({task}, timeout=0.05)
