@@ -3,6 +3,7 @@ other's streams. The command line is the one docs/streams.md gives for N instanc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import time
@@ -12,10 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from sluiceway.wire.sse import ServerSentEvent, SSEDecoder
 from tests.streams.processes import ServerProcess, serve_process
-from tests.streams.redis_server import RedisServer
+from tests.streams.redis_server import RedisServer, redis_server
 
 pytestmark = pytest.mark.e2e
 WORDS = " ".join(f"w{i}" for i in range(40))
@@ -162,3 +164,44 @@ def test_a_chat_resumes_its_newest_stream_whichever_instance_started_it(
     replay = httpx.get(f"{a.url}/api/chat/{chat}/stream", timeout=20)
     parts = [json.loads(e.data) for e in parse(replay.content) if e.data != "[DONE]"]
     assert "".join(p["delta"] for p in parts if p["type"] == "text-delta") == WORDS
+
+
+def test_a_reader_on_b_gets_an_error_end_when_the_owner_is_killed() -> None:
+    """SIGKILL of the instance running a stream: its reader on the other instance used to get pings
+    until the keys expired (``total_timeout_s + retention_s``: 20 minutes by default)."""
+    with (
+        redis_server() as own_redis,
+        serve_process("--redis-url", own_redis.url, "--heartbeat-s", "0.5") as a,
+        serve_process("--redis-url", own_redis.url, "--heartbeat-s", "0.5") as b,
+    ):
+        stream_id, _ = start_and_drop(a, 2, disconnect="finish")
+        with httpx.stream("GET", f"{b.url}/chat/stream/{stream_id}", timeout=20) as r:
+            a.proc.kill()
+            started = time.monotonic()
+            tail = parse(r.read())
+        assert time.monotonic() - started < 10
+        error = json.loads(tail[-2].data)
+        assert error["type"] == "error" and error["code"] == "shutting_down", tail[-2:]
+
+
+def test_redis_stopping_mid_stream_is_an_error_event_then_a_503() -> None:
+    """Redis stopped under a running stream: its readers used to see the connection cut (and the
+    server log a traceback); a new request was a 500."""
+    with (
+        redis_server() as own_redis,
+        serve_process("--redis-url", own_redis.url, "--heartbeat-s", "0.5") as a,
+    ):
+        decoder, got = SSEDecoder(), []
+        with httpx.stream("POST", f"{a.url}/chat/stream", json={"message": WORDS, "model": "slow"}) as r:
+            for piece in r.iter_raw():
+                got.extend(decoder.feed(piece))
+                if len(got) == 2:
+                    admin = own_redis.client()
+                    with contextlib.suppress(redis.ConnectionError):
+                        admin.shutdown(nosave=True)
+                    admin.close()
+        assert got[-1].data == "[DONE]"
+        assert json.loads(got[-2].data)["code"] == "store_unavailable"
+        again = httpx.post(f"{a.url}/chat/stream", json={"message": "hi"}, timeout=20)
+        assert again.status_code == 503 and again.json()["error"]["code"] == "store_unavailable"
+        assert "Traceback" not in a.output()
