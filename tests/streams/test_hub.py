@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from sluiceway.errors import OverloadedError, ShuttingDownError
+from sluiceway.errors import OverloadedError, ShuttingDownError, StoreUnavailableError
 from sluiceway.events import ErrorEvent, Event, Finish, TextDelta
 from sluiceway.requests import ChatRequest, Message
 from sluiceway.streams import generation
+from sluiceway.streams.backend import MemoryBackend
 from sluiceway.streams.hub import HubSettings, Retired, Stream, StreamHub
+from sluiceway.streams.log import MemoryStreamLog, StreamLog
 from sluiceway.streams.shutdown import ShutdownSignal
 from tests.streams.polling import eventually
 from tests.streams.providers import CountingProvider, Probe
@@ -122,6 +124,61 @@ async def test_without_a_reader_a_burst_goes_on_after_a_short_wait(hub: StreamHu
     stream = hub.start(BurstProvider(50), ask(), policy="finish")
     await eventually(lambda: stream.finished, within=5)
     assert text(await read_events(stream)) == "".join(f"t{i} " for i in range(50))
+
+
+async def test_generations_and_their_readers_share_the_hubs_alarms(hub: StreamHub) -> None:
+    streams = [hub.start(CountingProvider(Probe(), 30), ask("a b c d")) for _ in range(3)]
+    readers = [stream.read(idle=5) for stream in streams]
+    async with asyncio.timeout(10):
+        for reader in readers:
+            await anext(reader)
+    assert len(hub.alarms) == 6  # each generation's deadline and each reader's heartbeat clock
+    async with asyncio.timeout(10):
+        for reader in readers:
+            async for _ in reader:
+                pass
+    assert all(stream.finished for stream in streams)
+    assert len(hub.alarms) == 0 and hub.alarms._heap == []
+
+
+class FailingLog(MemoryStreamLog):
+    """A log whose store goes away after ``good`` appends (as Redis can)."""
+
+    def __init__(self, stream_id: str, good: int) -> None:
+        super().__init__(stream_id)
+        self.good = good
+
+    async def append(self, event: Event) -> int:
+        if self.good <= 0:
+            raise StoreUnavailableError("the stream store is unavailable")
+        self.good -= 1
+        return await super().append(event)
+
+
+class FailingBackend(MemoryBackend):
+    def create_log(self, stream_id: str, *, key: str | None, model: str, max_bytes: int) -> StreamLog:
+        return FailingLog(stream_id, good=2)
+
+
+async def test_a_log_failing_as_the_generation_ends_is_logged_not_left_unretrieved(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub = StreamHub(HubSettings(retention_s=0.01), FailingBackend())
+    await hub.aopen()
+    reported: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, context: reported.append(context))
+    stream = hub.start(CountingProvider(Probe(), 1), ask())
+    assert stream.task is not None
+    await asyncio.wait({stream.task}, timeout=10)
+    assert stream.task.done() and not stream.task.cancelled()
+    stream_id = stream.stream_id
+    del stream
+    await eventually(lambda: hub.get(stream_id) is None)  # forgotten: the task goes with the stream
+    gc.collect()
+    await hub.aclose()
+    asyncio.get_running_loop().set_exception_handler(None)
+    assert reported == []  # no "Task exception was never retrieved"
+    assert "could not log its end: store_unavailable" in caplog.text
 
 
 async def test_a_per_stream_grace_overrides_the_server_one(hub: StreamHub) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from contextlib import aclosing
 from dataclasses import replace
 
 from fastapi import Request
@@ -235,13 +234,19 @@ def _early_error(head: list[Batch | None]) -> ErrorEvent | None:
 async def _body(
     encoder: Encoder, head: list[Batch | None], reader: AsyncGenerator[Batch | None, None]
 ) -> AsyncGenerator[bytes, None]:
-    async with aclosing(reader):
-        start = encoder.start()
-        first = start + b"".join(_encode(encoder, batch) for batch in head)
+    try:  # (not ``aclosing``: one object less held per stream)
+        first = encoder.start() + b"".join(_encode(encoder, batch) for batch in head)
+        head.clear()
         if first:
             yield first
+        del first  # nothing sent stays in this frame while it waits (≈ 0.5 KB a quiet stream)
         async for batch in reader:
-            yield _encode(encoder, batch)
+            chunk = _encode(encoder, batch)
+            del batch
+            yield chunk
+            del chunk
+    finally:
+        await reader.aclose()
 
 
 def _encode(encoder: Encoder, batch: Batch | None) -> bytes:

@@ -11,8 +11,9 @@ text has been logged no switch happens: the failure becomes an ``ErrorEvent``.
 
 Timeouts: one ``asyncio.timeout`` scope surrounds the whole run; the deadline is
 ``started + first_token_s`` until the first text, then ``last text + idle_s``, never later than
-``started + total_s``. A :class:`_Watchdog` timer stands for it, so that a token costs no timer work:
-when the timer fires it looks at the meter, and either moves itself to the deadline as it now stands
+``started + total_s``. A :class:`_Watchdog` alarm stands for it (on the hub's shared
+:class:`~sluiceway.streams.alarms.Alarms`), so that a token costs no timer work: when it fires it
+looks at the meter, and either moves itself to the deadline as it now stands
 or, once that has passed, makes the scope fire. The provider's generator is then cancelled at its
 current ``await`` (so it releases its upstream) and the log gets an ``upstream_timeout`` error.
 
@@ -44,6 +45,7 @@ from sluiceway.errors import (
 from sluiceway.events import ErrorEvent, Event, Finish, FinishReason, TextDelta, Usage
 from sluiceway.providers.base import Provider
 from sluiceway.requests import ChatRequest
+from sluiceway.streams.alarms import Alarm, Alarms
 from sluiceway.streams.log import MemoryStreamLog, StreamLog
 
 logger = logging.getLogger("sluiceway.streams")
@@ -183,17 +185,20 @@ async def run_generation(
     timeouts: Timeouts | None = None,
     retry: RetryPolicy | None = None,
     first_sent: FirstSent | None = None,
+    alarms: Alarms | None = None,
 ) -> None:
     """Relay ``request`` (then its fallbacks) into ``log``; never raises except for cancellation races.
 
     ``first_sent``, set by a reader once it has handed the first text on, holds the rest of a burst
     back until then (at most :data:`FIRST_SEND_WAIT_S`), so the first word leaves before it.
+    ``alarms`` keeps the deadline (a hub's, shared by its generations; one of its own if unset).
     """
     timeouts = timeouts or Timeouts()
     try:
         await log.open()
         chain = [(request, provider), *fallbacks]
-        await _run_chain(chain, log, meter, timeouts, retry or RetryPolicy(), first_sent)
+        alarms = Alarms() if alarms is None else alarms  # (an Alarms with none set is falsy)
+        await _run_chain(chain, log, meter, timeouts, retry or RetryPolicy(), first_sent, alarms)
     except asyncio.CancelledError as exc:
         _uncancel()
         await end_cancelled(log, meter, meter.cancel_reason or (exc.args[0] if exc.args else "stop"))
@@ -227,6 +232,7 @@ async def _run_chain(
     timeouts: Timeouts,
     retry: RetryPolicy,
     first_sent: FirstSent | None,
+    alarms: Alarms,
 ) -> None:
     last: SluicewayError | None = None
     try:
@@ -235,7 +241,7 @@ async def _run_chain(
                 meter.model = request.model
                 for attempt in range(retry.retries + 1):
                     try:
-                        await _relay(provider, request, log, meter, timeouts, scope, first_sent)
+                        await _relay(provider, request, log, meter, timeouts, scope, first_sent, alarms)
                         return
                     except SluicewayError as exc:
                         if meter.deltas or exc.code not in RETRYABLE_CODES:
@@ -284,13 +290,14 @@ async def _relay(
     meter: Meter,
     timeouts: Timeouts,
     scope: asyncio.Timeout,
-    first_sent: FirstSent | None = None,
+    first_sent: FirstSent | None,
+    alarms: Alarms,
 ) -> None:
     """One attempt: provider events into the log until its ``Finish`` (or its end)."""
     meter.attempts += 1
     meter.usage = None
     events = provider.stream(request)
-    watchdog = _Watchdog(scope, meter, timeouts)
+    watchdog = _Watchdog(scope, meter, timeouts, alarms)
     append_nowait = log.append_nowait if isinstance(log, MemoryStreamLog) else None
     try:
         while True:
@@ -315,46 +322,45 @@ async def _relay(
     await _end(log, meter, None, "stop")
 
 
-class _Watchdog:
-    """The generation's deadline (:meth:`Meter.deadline`), checked lazily by one timer.
+class _Watchdog(Alarm):
+    """The generation's deadline (:meth:`Meter.deadline`), checked lazily by one alarm.
 
     Moving an ``asyncio.timeout`` before every token costs a timer-heap push and a cancel per token;
-    between tokens the deadline only moves later, so this timer is set once and, when it fires,
+    between tokens the deadline only moves later, so the alarm is set once and, when it fires,
     either set again for the deadline as it now stands or, once that has passed, makes ``scope`` fire
     now (which cancels the task, and the scope turns that into ``TimeoutError``). The first text may
     bring it closer (the idle limit replaces the first-token one): :meth:`rearm` then.
     """
 
-    def __init__(self, scope: asyncio.Timeout, meter: Meter, timeouts: Timeouts) -> None:
+    __slots__ = ("_alarms", "_meter", "_scope", "_timeouts")
+
+    def __init__(self, scope: asyncio.Timeout, meter: Meter, timeouts: Timeouts, alarms: Alarms) -> None:
+        super().__init__()
         self._scope = scope
         self._meter = meter
         self._timeouts = timeouts
-        self._loop = asyncio.get_running_loop()
-        self._handle: asyncio.TimerHandle | None = None
-        self._arm()
-
-    def _arm(self) -> None:
-        deadline = self._meter.deadline(self._timeouts)
-        if deadline is None:
-            self._handle = None
-            return
-        wait = deadline - time.perf_counter()
-        if wait <= 0.0005:  # timers fire to the millisecond: close enough is due
-            self._handle = None
-            self._scope.reschedule(self._loop.time())
-            return
-        self._handle = self._loop.call_at(self._loop.time() + wait, self._arm)
+        self._alarms = alarms
+        self.rearm()
 
     def rearm(self) -> None:
-        """Set the timer again for the deadline as it stands now."""
-        if self._handle is not None:
-            self._handle.cancel()
-        self._arm()
+        """Set the alarm for the deadline as it stands now (or fire the scope, if it has passed)."""
+        deadline = self._meter.deadline(self._timeouts)
+        if deadline is None:
+            self._alarms.cancel(self)
+            return
+        wait = deadline - time.perf_counter()
+        now = asyncio.get_running_loop().time()
+        if wait <= 0.0005:  # timers fire to the millisecond: close enough is due
+            self._alarms.cancel(self)
+            self._scope.reschedule(now)
+            return
+        self._alarms.set(self, now + wait)
+
+    def fire(self) -> None:
+        self.rearm()
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        self._alarms.cancel(self)
         if not self._scope.expired():
             self._scope.reschedule(None)
 

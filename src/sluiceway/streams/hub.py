@@ -23,13 +23,13 @@ import secrets
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Literal, NamedTuple, TypeAlias
 
-from sluiceway.errors import ShuttingDownError
+from sluiceway.errors import ShuttingDownError, SluicewayError
 from sluiceway.events import TextDelta, Usage
 from sluiceway.providers.base import Provider
 from sluiceway.requests import ChatRequest
+from sluiceway.streams.alarms import Alarms
 from sluiceway.streams.backend import MemoryBackend, RemoteStreamInfo, StreamBackend
 from sluiceway.streams.generation import (
     Candidate,
@@ -118,6 +118,7 @@ class Stream:
                 yield batch
                 if batch and not self.first_sent.is_set() and _has_text(batch):
                     self.first_sent.set()
+                del batch  # not held while waiting for the next
         finally:
             self._detach()
 
@@ -250,13 +251,15 @@ class StreamHub:
         self.backend: StreamBackend = backend or MemoryBackend()
         self.observer = observer
         self.limits = ConcurrencyLimits(self.settings.max_concurrent, self.settings.max_concurrent_per_model)
+        self.alarms = Alarms()
+        """One loop timer for the deadlines of every generation here and its readers' heartbeat clocks."""
         self._streams: dict[str, Stream | Retired] = {}
         self._keys: dict[str, str] = {}
         self._to_retire: deque[tuple[float, str]] = deque()  # (when, stream id), in time order
         self._to_forget: deque[tuple[float, str]] = deque()
         self._sweep: asyncio.Handle | None = None  # uvloop's call_at gives a plain Handle when past due
         self._sweep_due = 0.0
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], Stream | None] = {}  # running, with their streams
         self._closing = False
         self._drain: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -291,6 +294,8 @@ class StreamHub:
         log = self.backend.create_log(
             stream_id, key=key, model=model, max_bytes=self.settings.max_stream_bytes
         )
+        if isinstance(log, MemoryStreamLog) and log.alarms is None:
+            log.alarms = self.alarms  # its readers' heartbeat clocks go with the generations' deadlines
         stream = Stream(
             stream_id,
             log,
@@ -314,10 +319,11 @@ class StreamHub:
             timeouts=self.settings.timeouts,
             retry=self.settings.retry,
             first_sent=stream.first_sent,
+            alarms=self.alarms,
         )
         stream.task = task = asyncio.create_task(run, name=f"sluiceway-stream-{stream_id}")
-        self._tasks.add(task)
-        task.add_done_callback(partial(self._finished, stream, model))
+        self._tasks[task] = stream
+        task.add_done_callback(self._finished)  # (the stream is looked up: a partial is ≈ 0.2 KB)
         return stream
 
     def get(self, stream_id: str) -> Stream | None:
@@ -406,8 +412,16 @@ class StreamHub:
         elif op == "idle":
             stream.readers_left()
 
-    def _finished(self, stream: Stream, model: str, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        stream = self._tasks.pop(task, None)
+        failure = None if task.cancelled() else task.exception()
+        if stream is None:  # an ender (below)
+            if failure is not None:
+                logger.warning("a stream cancelled before it ran could not log its end: %r", failure)
+            return
+        model = stream.model or ""
+        if failure is not None:
+            _log_failure(stream, failure)
         self.limits.release(model)
         stream._call_off_grace()
         if stream.left_unread and stream.readers == 0:
@@ -416,8 +430,8 @@ class StreamHub:
             ender = asyncio.create_task(
                 end_cancelled(stream.log, stream.meter, stream.cancelled_by or "stop")
             )
-            self._tasks.add(ender)
-            ender.add_done_callback(self._tasks.discard)
+            self._tasks[ender] = None
+            ender.add_done_callback(self._finished)
         now = asyncio.get_running_loop().time()
         due = now + self.settings.retention_s
         if self.settings.retire_after_s < self.settings.retention_s:
@@ -463,6 +477,16 @@ class StreamHub:
 
 def _has_text(batch: Batch) -> bool:
     return any(isinstance(event, TextDelta) for _, event in batch)
+
+
+def _log_failure(stream: Stream, failure: BaseException) -> None:
+    """A generation that raised instead of logging its end: its log failed while the end was being
+    written (Redis gone, say; its readers were told by the log). Said here, or asyncio would report
+    the exception as never retrieved."""
+    if isinstance(failure, SluicewayError):
+        logger.warning("stream %s could not log its end: %s", stream.stream_id, failure.code)
+    else:
+        logger.error("stream %s failed", stream.stream_id, exc_info=failure)
 
 
 def _log_end_unread(stream: Stream, model: str) -> None:

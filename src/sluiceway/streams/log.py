@@ -21,6 +21,7 @@ from typing import NamedTuple, Protocol
 
 from sluiceway.errors import ReaderLaggedError
 from sluiceway.events import Event, Finish, TextDelta
+from sluiceway.streams.alarms import DUE_WITHIN_S, Alarm, Alarms
 from sluiceway.streams.codec import EVENT_OVERHEAD, dump_event, event_size, load_event
 
 Batch = list[tuple[int, Event]]
@@ -80,9 +81,13 @@ class MemoryStreamLog:
     keeps it as plain data (:meth:`retire`).
     """
 
-    def __init__(self, stream_id: str, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+    def __init__(
+        self, stream_id: str, max_bytes: int = DEFAULT_MAX_BYTES, alarms: Alarms | None = None
+    ) -> None:
         self.stream_id = stream_id
         self.max_bytes = max_bytes
+        self.alarms = alarms
+        """Where readers' heartbeat clocks are set (a hub's, for all its streams; else each read's own)."""
         self._events: list[_Held] = []  # None: dropped by the bound, not yet compacted away
         self._done: _Finished | None = None  # the events, once compacted at the finish
         self._start = 0  # index in _events of the oldest event held
@@ -232,7 +237,7 @@ class MemoryStreamLog:
     async def read(self, after: int = 0, idle: float | None = None) -> AsyncGenerator[Batch | None, None]:
         pos = max(after, 0)
         loop = asyncio.get_running_loop()
-        quiet = _QuietTimer(loop, idle) if idle else None
+        quiet = _QuietTimer(loop, idle, Alarms() if self.alarms is None else self.alarms) if idle else None
         self._readers += 1
         try:
             while True:
@@ -247,6 +252,7 @@ class MemoryStreamLog:
                     yield batch
                     if self._readers == 1 and self._done is None:
                         self._passed(batch)
+                    del batch  # not held (with its events) while the reader waits for the next
                     continue
                 if self._finished:
                     return
@@ -254,10 +260,19 @@ class MemoryStreamLog:
                 self._waiters.append(waiter)
                 if quiet is None:
                     await waiter
-                elif not await quiet.wait(waiter):
-                    if waiter in self._waiters:
-                        self._waiters.remove(waiter)
-                    yield None
+                    continue
+                quiet.waiter = waiter  # awaited here, not in a coroutine of the clock's (one a wait)
+                try:
+                    await waiter
+                    continue
+                except asyncio.CancelledError:
+                    if not quiet.ran_out():
+                        raise  # the reader itself was cancelled, not only its wait
+                finally:
+                    quiet.waiter = None
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                yield None
         finally:
             if quiet is not None:
                 quiet.close()
@@ -354,53 +369,50 @@ class _Finished:
         return events
 
 
-class _QuietTimer:
-    """A reader's heartbeat clock: "``idle`` seconds without a batch", re-armed lazily.
+class _QuietTimer(Alarm):
+    """A reader's heartbeat clock: "``idle`` seconds without a batch", as an alarm set lazily.
 
-    A timer per wait would cost a timer-heap push and a cancel for every token; this one is moved
-    only when it fires: if the reader got a batch since, it is set again for ``idle`` seconds after
-    that batch, otherwise it ends the current wait.
+    An alarm per wait would cost a heap push for every token; this one is moved only when it fires:
+    if the reader got a batch since, it is set again for ``idle`` seconds after that batch, otherwise
+    it ends the current wait.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, idle: float) -> None:
+    __slots__ = ("_alarms", "_idle", "_last", "_loop", "_quiet", "waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, idle: float, alarms: Alarms) -> None:
+        super().__init__()
         self._loop = loop
         self._idle = idle
+        self._alarms = alarms
         self._last = loop.time()
-        self._waiter: asyncio.Future[None] | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        """What the reader awaits now (the clock cancels it when the quiet period runs out)."""
         self._quiet = False
-        self._handle: asyncio.TimerHandle | None = loop.call_at(self._last + idle, self._fire)
+        alarms.set(self, self._last + idle)
 
     def reset(self) -> None:
         """A batch went out: the quiet period starts again now."""
         self._last = self._loop.time()
 
-    async def wait(self, waiter: asyncio.Future[None]) -> bool:
-        """Wait for ``waiter``; ``False`` when the quiet period ran out first (it starts again)."""
-        self._waiter = waiter
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if not self._quiet or (task is not None and task.cancelling()):
-                raise  # the reader itself was cancelled, not only its wait
-        finally:
-            self._waiter = None
-        if self._quiet:
-            self._quiet = False
-            self.reset()
+    def ran_out(self) -> bool:
+        """Whether the wait just cancelled was ended by this clock (its reader was not cancelled
+        too); the quiet period starts again then."""
+        task = asyncio.current_task()
+        if not self._quiet or (task is not None and task.cancelling()):
             return False
+        self._quiet = False
+        self.reset()
         return True
 
-    def _fire(self) -> None:
+    def fire(self) -> None:
+        now = self._loop.time()
         due = self._last + self._idle
-        if due > self._loop.time() or self._waiter is None or self._waiter.done():
-            self._handle = self._loop.call_at(max(due, self._loop.time() + 0.001), self._fire)
+        if due - now > DUE_WITHIN_S or self.waiter is None or self.waiter.done():
+            self._alarms.set(self, max(due, now + DUE_WITHIN_S))
             return
         self._quiet = True
-        self._waiter.cancel()
-        self._handle = self._loop.call_at(self._loop.time() + self._idle, self._fire)
+        self.waiter.cancel()
+        self._alarms.set(self, now + self._idle)
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        self._alarms.cancel(self)

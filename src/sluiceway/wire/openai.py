@@ -326,6 +326,8 @@ def completion_body(
 
 _TEXT_TAIL = b'},"logprobs":null,"finish_reason":null}]}\n\n'
 """What follows a token's text in its chunk (the head before it is rendered once per stream)."""
+_CONTENT_HEAD = b'[{"index":0,"delta":{"content":'
+"""The end of that head: the choices array up to a token's text."""
 
 
 class OpenAIEncoder:
@@ -342,8 +344,8 @@ class OpenAIEncoder:
         head = dumps(
             {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": model}
         )
-        self._head = "data: " + head[:-1] + ',"choices":'
-        self._text_head = (self._head + '[{"index":0,"delta":{"content":').encode()
+        self._text_head = ("data: " + head[:-1] + ',"choices":').encode() + _CONTENT_HEAD
+        """Every token's chunk up to its text; the head alone is not kept (≈ 0.2 KB a stream)."""
         self._include_usage = include_usage
         self._usage = Usage(0, 0)
         self._role_sent = False
@@ -371,7 +373,7 @@ class OpenAIEncoder:
                 out = self._choice({}, FINISH_REASONS[reason])
                 if self._include_usage:
                     usage = dumps(usage_object(self._usage))
-                    out += f'{self._head}[],"usage":{usage}}}\n\n'.encode()
+                    out += f'{self._head()}[],"usage":{usage}}}\n\n'.encode()
                 return out + DONE
         raise AssertionError(f"unhandled event {event!r}")
 
@@ -380,4 +382,8 @@ class OpenAIEncoder:
             self._role_sent = True
             delta = {"role": "assistant", **delta}
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return f"{self._head}[{dumps(choice)}]}}\n\n".encode()
+        return f"{self._head()}[{dumps(choice)}]}}\n\n".encode()
+
+    def _head(self) -> str:
+        """``data: `` and the chunks' constant part, up to the ``choices`` array."""
+        return self._text_head[: -len(_CONTENT_HEAD)].decode()
