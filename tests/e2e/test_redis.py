@@ -184,6 +184,44 @@ def test_a_reader_on_b_gets_an_error_end_when_the_owner_is_killed() -> None:
         assert error["type"] == "error" and error["code"] == "shutting_down", tail[-2:]
 
 
+def test_a_stream_read_only_on_a_killed_instance_is_cancelled_after_the_grace() -> None:
+    """SIGKILL of the instance reading a stream of another: its reader was never uncounted in Redis,
+    so the owner never cancelled and generated, for nobody, until ``total_timeout_s`` (600 s)."""
+    long_answer = " ".join(f"w{i}" for i in range(400))  # 20 s at 50 ms a token
+    args = ("--disconnect-grace-s", "1", "--heartbeat-s", "0.5")
+    with (
+        redis_server() as own_redis,
+        serve_process("--redis-url", own_redis.url, *args) as a,
+        serve_process("--redis-url", own_redis.url, *args) as b,
+    ):
+        stream_id, _ = start_and_drop(a, 2, message=long_answer)  # A's 1 s grace starts
+        admin = own_redis.client()
+        meta = f"sluiceway:{stream_id}:meta"
+        killed = None
+        with (
+            contextlib.suppress(httpx.HTTPError),  # B's answer is cut by the kill
+            httpx.stream("GET", f"{b.url}/chat/stream/{stream_id}", timeout=20) as r,
+        ):
+            reading_since = time.monotonic()
+            for _ in r.iter_raw():  # past A's grace: the reader on B keeps the stream going
+                if killed is None and time.monotonic() - reading_since > 2.5:
+                    assert admin.hget(meta, "status") == b"running"
+                    b.proc.kill()  # while its reader is attached: B never detaches it
+                    killed = time.monotonic()
+        assert killed is not None
+        assert admin.hvals(f"sluiceway:{stream_id}:reader-instances") == [b"1"]
+        while admin.hget(meta, "status") != b"finished":
+            assert time.monotonic() < killed + 15, "the stream was not cancelled"
+            time.sleep(0.05)
+        ended_after = time.monotonic() - killed
+        entries: Any = admin.xrevrange(f"sluiceway:{stream_id}:log", count=1)
+        admin.close()
+        (_, fields), *_ = entries
+        assert json.loads(fields[b"e"])["r"] == "cancelled"
+        # B is missing from its control channel for 3 s before it counts as gone, then A's 1 s grace
+        assert 3 < ended_after < 10, ended_after
+
+
 def test_redis_stopping_mid_stream_is_an_error_event_then_a_503() -> None:
     """Redis stopped under a running stream: its readers used to see the connection cut (and the
     server log a traceback); a new request was a 500."""
