@@ -144,3 +144,41 @@ async def test_a_reader_elsewhere_waits_for_an_owner_that_is_still_subscribed(
 
 async def _read_all(log: RedisStreamLog) -> list[Batch | None]:
     return [batch async for batch in log.read(0, idle=0.1)]
+
+
+async def test_an_append_retried_after_it_had_landed_is_not_a_failure(redis_srv: RedisServer) -> None:
+    """A transaction whose reply was lost with its connection is sent again by the client's retry;
+    its ``XADD`` then finds its own entry there already. That is the event written, not a lost
+    store (the stream used to end with ``store_unavailable``). Here the entry is put in first."""
+    client = aioredis.from_url(redis_srv.url)
+    stream_id = secrets.token_hex(4)
+    writer = RedisStreamLog(client, stream_id, prefix="again:", meta=META)
+    try:
+        await writer.open()
+        assert await writer.append(TextDelta("one ")) == 1
+        await client.xadd(f"again:{stream_id}:log", {"e": "landed"}, id="0-2")  # as the first try did
+        assert await writer.append(TextDelta("two ")) == 2
+        assert await writer.append(TextDelta("three")) == 3
+        assert await writer.append(Finish("stop")) == 4
+        entries = await client.xrange(f"again:{stream_id}:log")
+        assert [entry_id for entry_id, _ in entries] == [b"0-1", b"0-2", b"0-3", b"0-4"]
+        assert (await client.hget(f"again:{stream_id}:meta", "status")) == b"finished"
+    finally:
+        await client.aclose()
+
+
+async def test_an_append_refused_for_another_reason_still_fails(
+    redis_srv: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = aioredis.from_url(redis_srv.url)
+    stream_id = secrets.token_hex(4)
+    writer = RedisStreamLog(client, stream_id, prefix="wrong:", meta=META)
+    try:
+        await writer.open()
+        await client.delete(f"wrong:{stream_id}:log")
+        await client.set(f"wrong:{stream_id}:log", "not a stream")  # WRONGTYPE on the next XADD
+        with pytest.raises(StoreUnavailableError):
+            await writer.append(TextDelta("private words"))
+        assert "WRONGTYPE" in caplog.text and "private words" not in caplog.text  # no answer text logged
+    finally:
+        await client.aclose()

@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from sluiceway.errors import ShuttingDownError, StoreUnavailableError, StreamNotFoundError
 from sluiceway.events import Event, Finish
@@ -156,10 +156,28 @@ class RedisStreamLog:
         try:
             await pipe.execute()
         except REDIS_FAILURES as exc:
+            if await self._landed(exc, event):
+                return
             self._failed = True
-            logger.warning("stream %s: writing its log to Redis failed (%s); ending it", self.stream_id, exc)
+            reason = str(exc).rpartition("caused error: ")[2]  # not the command: it holds the text
+            logger.warning(
+                "stream %s: writing its log to Redis failed (%s); ending it", self.stream_id, reason
+            )
             if not isinstance(event, Finish):
                 raise StoreUnavailableError("the stream store (Redis) is unavailable; try again") from exc
+
+    async def _landed(self, error: Exception, event: Event | None) -> bool:
+        """Whether ``error`` only says the entry is there already: the client retries a command on a
+        lost connection (a Redis restart), and a transaction whose reply was lost had run. As this
+        process is the log's only writer, an entry with this number is this event; the rest of the
+        transaction ran again (expiries, the finish) and did no harm."""
+        if event is None or not isinstance(error, ResponseError) or "equal or smaller" not in str(error):
+            return False
+        try:
+            entry = await self._redis.xrange(self._log, f"0-{self._seq}", f"0-{self._seq}")
+        except REDIS_FAILURES:
+            return False
+        return bool(entry)
 
     async def logged_seq(self) -> int | None:
         """The writer knows; a reader asks Redis for the newest entry (trimming always keeps it, so a
