@@ -22,6 +22,7 @@ from fastapi import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from sluiceway._tasks import stop_task
 from sluiceway.errors import InvalidRequestError
 from sluiceway.events import ErrorEvent, Event, TextDelta, Usage, repaired_text
 from sluiceway.requests import ChatRequest
@@ -33,7 +34,6 @@ from sluiceway.server.responses import (
     Deferred,
     DeferredResponse,
     EventStreamResponse,
-    stop_listening,
     unless_gone,
 )
 from sluiceway.server.settings import Settings
@@ -141,7 +141,7 @@ class StreamAnswer(DeferredResponse):
             response.listener = listener
             return response  # finished in this answer's place: the request and the route's closures go
         if listener is not None:
-            await stop_listening(listener)
+            await stop_task(listener)
         response.headers.update(self.headers)
         await response(scope, receive, deferred.take_send())
         return None

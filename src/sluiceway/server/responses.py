@@ -38,6 +38,8 @@ from fastapi import FastAPI
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from sluiceway._tasks import stop_task
+
 T = TypeVar("T")
 
 DEFERRED = "sluiceway.deferred"
@@ -152,7 +154,7 @@ class EventStreamResponse(DeferredResponse):
 
     async def abandon(self) -> None:
         if self.listener is not None:
-            await stop_listening(self.listener)
+            await stop_task(self.listener)
             self.listener = None
         await self.chunks.aclose()
 
@@ -177,7 +179,7 @@ class EventStreamResponse(DeferredResponse):
                 raise
         finally:
             watch.watching = False
-            await stop_listening(listener)
+            await stop_task(listener)
             await self.chunks.aclose()
 
 
@@ -232,11 +234,11 @@ async def unless_gone(receive: Receive, work: Awaitable[T]) -> tuple[T, asyncio.
         watch.watching = False
         if watch.forget_cancels():
             return None
-        await stop_listening(listener)
+        await stop_task(listener)
         raise
     except BaseException:
         watch.watching = False
-        await stop_listening(listener)
+        await stop_task(listener)
         raise
     watch.watching = False
     listener.remove_done_callback(watch.gone)
@@ -251,16 +253,6 @@ async def unless_gone(receive: Receive, work: Awaitable[T]) -> tuple[T, asyncio.
 def _listen(receive: Receive) -> asyncio.Task[None]:
     """A task that ends when the client leaves (``http.disconnect``)."""
     return asyncio.create_task(_wait_disconnect(receive))
-
-
-async def stop_listening(task: asyncio.Task[None]) -> None:
-    """Cancel a listener (one :func:`unless_gone` handed back, say) until it is done (a swallowed
-    cancel is repeated every 50 ms)."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.05)
-    if not task.cancelled():
-        task.exception()  # retrieved, as gather(return_exceptions=True) did: a gone client is no error
 
 
 async def _wait_disconnect(receive: Receive) -> None:

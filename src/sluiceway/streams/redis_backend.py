@@ -41,10 +41,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from sluiceway._tasks import stop_task
 from sluiceway.errors import StoreUnavailableError
 from sluiceway.streams.backend import ControlHandler, RemoteStreamInfo
 from sluiceway.streams.log import StreamLog
-from sluiceway.streams.redis_log import REDIS_FAILURES, RedisStreamLog, meta_key, name_key
+from sluiceway.streams.redis_log import REDIS_FAILURES, UNAVAILABLE, RedisStreamLog, meta_key, name_key
 
 logger = logging.getLogger("sluiceway.streams")
 
@@ -298,22 +299,8 @@ class RedisBackend:
     async def aclose(self) -> None:
         for task in (self._listener, self._watcher):
             if task is not None:
-                await stop_task(task)
+                await stop_task(task, within=5.0)  # redis-py may swallow a cancel while reconnecting
         await self.redis.aclose()
-
-
-async def stop_task(task: asyncio.Task[Any], within: float = 5.0) -> None:
-    """Cancel ``task`` until it is done (redis-py may swallow a cancel, e.g. while reconnecting,
-    which left ``aclose`` waiting forever), for at most ``within`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not task.done() and loop.time() < deadline:
-        task.cancel()
-        await asyncio.wait({task}, timeout=0.05)
-    if not task.done():
-        logger.warning("%s did not stop within %g s of cancelling", task.get_name(), within)
-    elif not task.cancelled():
-        task.exception()  # retrieved: a failure while stopping is no news at shutdown
 
 
 def _deliver(message: Any, on_control: ControlHandler) -> None:
@@ -338,4 +325,4 @@ async def _unavailable() -> AsyncIterator[None]:
         yield
     except REDIS_FAILURES as exc:
         logger.warning("redis failed: %s", exc)
-        raise StoreUnavailableError("the stream store (Redis) is unavailable; try again") from exc
+        raise StoreUnavailableError(UNAVAILABLE) from exc

@@ -52,6 +52,8 @@ half of the client's own ``socket_timeout`` when it sets one."""
 OWNER_GONE_S = 3.0
 """How long the owner of a running stream may be missing from its control channel (a reconnect
 takes about a second) before its readers elsewhere give the stream up."""
+UNAVAILABLE = "the stream store (Redis) is unavailable; try again"
+"""What a request or a reader is told when Redis fails (``store_unavailable``)."""
 REDIS_FAILURES = (RedisError, OSError)
 """What a failing Redis raises (redis-py's errors are not ``OSError``s)."""
 
@@ -164,7 +166,7 @@ class RedisStreamLog:
                 "stream %s: writing its log to Redis failed (%s); ending it", self.stream_id, reason
             )
             if not isinstance(event, Finish):
-                raise StoreUnavailableError("the stream store (Redis) is unavailable; try again") from exc
+                raise StoreUnavailableError(UNAVAILABLE) from exc
 
     async def _landed(self, error: Exception, event: Event | None) -> bool:
         """Whether ``error`` only says the entry is there already: the client retries a command on a
@@ -302,7 +304,7 @@ def _gone_batch(stream_id: str, pos: int) -> Batch:
 
 def _unavailable_batch(stream_id: str, pos: int) -> Batch:
     """The end of a reader that cannot reach Redis (numbered so that a resume continues at ``pos``)."""
-    error = StoreUnavailableError("the stream store (Redis) is unavailable; try again").to_event()
+    error = StoreUnavailableError(UNAVAILABLE).to_event()
     return [(pos, error), (pos, Finish("error"))]
 
 
